@@ -1,0 +1,17 @@
+"""User-facing errors: one line that names the file or key and says how to fix it.
+
+Stages and the CLI catch `TinyReasonError`, print its message on one line and exit with code 2,
+so a bad input never ends in a traceback from deep inside a library.
+"""
+
+
+class TinyReasonError(Exception):
+    """A problem the user can fix (bad params, bad data, missing files). Message: one line."""
+
+
+class ConfigError(TinyReasonError):
+    """params.yaml (or an override) has an unknown key, a wrong type or a value out of range."""
+
+
+class DataError(TinyReasonError):
+    """A dataset file is missing, malformed, or empty after filtering."""
