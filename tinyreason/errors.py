@@ -15,3 +15,15 @@ class ConfigError(TinyReasonError):
 
 class DataError(TinyReasonError):
     """A dataset file is missing, malformed, or empty after filtering."""
+
+
+def run_stage(main) -> int:
+    """Run a stage's main(); a TinyReasonError becomes one line on stderr and exit code 2."""
+    import sys
+
+    try:
+        main()
+    except TinyReasonError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

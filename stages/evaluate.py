@@ -1,0 +1,56 @@
+"""DVC stage `evaluate`: base model and base + adapter on data/prepared/test.jsonl ->
+metrics.json (per benchmark, with intervals and a paired test), predictions/<benchmark>.jsonl,
+metrics/evaluate.json (cost), dvclive/eval/ (accuracy per benchmark)."""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tinyreason import evaluation, modeling
+from tinyreason.config import load_config
+from tinyreason.cost import measure_cost
+from tinyreason.errors import TinyReasonError, run_stage
+from tinyreason.outputs import atomic_directory, atomic_write_json, atomic_write_jsonl
+
+TEST, ADAPTER = Path("data/prepared/test.jsonl"), Path("models/adapter")
+
+
+def main() -> None:
+    from dvclive import Live
+
+    cfg = load_config("params.yaml")
+    if not TEST.is_file():
+        raise TinyReasonError(f"{TEST}: not found (fix: run the prepare stage, `dvc repro prepare`)")
+    rows = [json.loads(line) for line in TEST.read_text().splitlines() if line.strip()]
+    modeling.check_adapter_matches(ADAPTER, cfg.model)
+    tokenizer = modeling.load_tokenizer(cfg.model)
+    records = {}
+    with measure_cost(cfg.cost.usd_per_gpu_hour) as cost:
+        if cfg.evaluate.evaluate_base:
+            model = modeling.load_base_model(cfg.model)
+            records["base"] = evaluation.predict(model, tokenizer, cfg, rows, "base")
+            evaluation.free_model(model)
+        model = modeling.load_adapter_model(cfg.model, ADAPTER, merge=True)
+        records["adapter"] = evaluation.predict(model, tokenizer, cfg, rows, "adapter")
+    metrics = evaluation.build_metrics(records, cfg.evaluate.samples)
+
+    with atomic_directory("predictions") as out:
+        for bench in metrics:
+            atomic_write_jsonl(out / f"{bench}.jsonl",
+                               [r for recs in records.values() for r in recs if r["benchmark"] == bench])
+    live = Live("dvclive/eval", dvcyaml=None, save_dvc_exp=False, report=None)
+    for bench, entry in metrics.items():
+        for label in records:
+            live.log_metric(f"{bench}/{label}_accuracy", entry[label]["accuracy"], plot=False)
+    live.end()
+    atomic_write_json("metrics/evaluate.json", {"cost": cost})
+    atomic_write_json("metrics.json", metrics)
+    for bench, entry in metrics.items():
+        line = ", ".join(f"{label} {entry[label]['accuracy']:.1%}" for label in records)
+        print(f"evaluate {bench} (n={entry['adapter']['n']}): {line}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(run_stage(main))

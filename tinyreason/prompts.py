@@ -1,0 +1,51 @@
+"""The chat formats, in one place: question -> messages -> rendered prompt, and the SFT target.
+
+A `PromptConfig` (from params.yaml) says what the system prompt is, how the question is wrapped,
+how the assistant turn is primed (`<think>\n`) and how a worked answer ends. Rendering always goes
+through the model tokenizer's own chat template, so the same code serves Qwen, SmolLM2, R1-distills.
+"""
+
+from __future__ import annotations
+
+from tinyreason.config import PromptConfig
+
+
+def build_messages(prompt: PromptConfig, question: str) -> list[dict[str, str]]:
+    messages = []
+    if prompt.system:
+        messages.append({"role": "system", "content": prompt.system})
+    messages.append({"role": "user", "content": prompt.user_template.format(question=question)})
+    return messages
+
+
+def render_generation_prompt(tokenizer, prompt: PromptConfig, question: str) -> str:
+    """The text a model continues at evaluation: chat template + assistant header + think prefix."""
+    text = tokenizer.apply_chat_template(build_messages(prompt, question), tokenize=False,
+                                         add_generation_prompt=True)
+    return text + prompt.think_prefix
+
+
+def render_target(prompt: PromptConfig, reasoning: str, answer: str) -> str:
+    """The assistant turn SFT teaches: `<think>\\n{reasoning}\\n</think>\\n**Final Answer:** {answer}`."""
+    return (f"{prompt.think_prefix}{reasoning.strip()}\n</think>\n"
+            f"{prompt.answer_template.format(answer=answer)}")
+
+
+def render_sft_example(tokenizer, prompt: PromptConfig, question: str, reasoning: str,
+                       answer: str) -> dict[str, str]:
+    """Prompt/completion strings (TRL's prompt-completion format, so loss can skip the prompt).
+
+    Both come from one chat-template rendering of the full conversation, split where the
+    generation prompt ends, so training sees exactly the tokens evaluation will produce.
+    """
+    messages = build_messages(prompt, question)
+    target = render_target(prompt, reasoning, answer)
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": target}],
+                                         tokenize=False)
+    head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not full.startswith(head):
+        raise ValueError("the chat template renders the prompt differently with and without the "
+                         "assistant turn; cannot split prompt and completion")
+    # The template closes the turn with an end-of-turn token then a newline; end on the token so
+    # TRL does not append a second end-of-sequence marker.
+    return {"prompt": head, "completion": full[len(head):].rstrip("\n"), "text": full.rstrip("\n")}

@@ -1,0 +1,32 @@
+"""DVCLive logging for TRL/transformers trainers, at the trainer's own step.
+
+transformers' DVCLiveCallback advances DVCLive's step on every log call (train logs and eval
+logs alike), so eval points land at the wrong x. This callback pins each point to
+`state.global_step`, so `dvc plots show` draws train loss, eval loss and lr on one axis.
+"""
+
+from __future__ import annotations
+
+from transformers import TrainerCallback
+
+# Trainer's end-of-run summary keys (train_runtime, ...) are totals, not curves.
+_SUMMARY_PREFIX = "train_"
+
+
+class LiveMetricsCallback(TrainerCallback):
+    def __init__(self, live):
+        self.live = live
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        self.live.step = state.global_step
+        for key, value in logs.items():
+            if key.startswith(_SUMMARY_PREFIX) or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            name = "eval/" + key[len("eval_"):] if key.startswith("eval_") else f"train/{key}"
+            self.live.log_metric(name, value)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.live.make_summary()
