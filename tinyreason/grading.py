@@ -1,0 +1,615 @@
+"""Answer extraction and grading: the seed's GSM8K normalisation, a math-verify wrapper for LaTeX answers, letters
+for multiple choice, and `verify_grader` (grade every benchmark's own reference solution; any miss is a grader bug).
+
+Public API:
+    Grade(extracted, correct, formatted)
+    extract_final_answer(text) -> str | None       text after the LAST `**Final Answer:**` (first line)
+    extract_boxed_answer(text) -> str | None       content of the last complete `\\boxed{...}`
+    normalize_numeric_answer(text) -> str          the seed's normalisation for GSM8K-style answers
+    answers_match(pred, gold, answer_format, numeric_tolerance=None) -> bool
+    grade_answer(completion, gold, answer_format, numeric_tolerance=None) -> Grade
+    render_reference_completion(problem) -> str     a benchmark's gold solution written as a model would answer
+    verify_grader(benchmark_names, limit=None) -> dict
+    add_parser(subparsers)                          registers `tinyreason verify-grader`
+
+Extraction rules. Each format has an expected answer form (`formatted=True` when the completion used it):
+final_answer -> `**Final Answer:** N`, boxed -> `\\boxed{...}`, choice -> either of them holding a letter.
+When the expected form is absent, the other form is tried as a fallback, so `correct` measures the answer and
+`formatted` measures format compliance separately. No answer at all -> Grade(None, False, False).
+
+Safety: math-verify guards parsing and comparison with SIGALRM timeouts (TIMEOUT_SECONDS each). Those only
+work in the main thread; in any other thread the comparison runs in a one-worker subprocess with a
+wall-clock deadline instead. Any exception or timeout counts as incorrect, so grading never raises or hangs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+from tinyreason.errors import TinyReasonError
+
+if TYPE_CHECKING:
+    from tinyreason.benchmarks import Problem
+
+logger = logging.getLogger(__name__)
+
+FINAL_ANSWER_MARKER = "**Final Answer:**"
+ANSWER_FORMATS = ("final_answer", "boxed", "choice")
+# Per math-verify call (parse of gold, parse of prediction, verify). math-verify's own default is 5 s; every
+# MATH500/Minerva reference answer grades in well under 0.5 s, so 5 s only ever trips on pathological input.
+TIMEOUT_SECONDS = 5
+# Answers longer than this are not handed to sympy at all (a model rambling inside \boxed{}): incorrect.
+MAX_ANSWER_CHARS = 1000
+# Thresholds `tinyreason verify-grader` enforces (fraction of reference solutions graded correct).
+VERIFY_THRESHOLDS = {"gsm8k": 1.0, "math500": 0.99}
+
+
+@dataclass(frozen=True)
+class Grade:
+    extracted: str | None  # the answer text taken from the completion (None: nothing found)
+    correct: bool
+    formatted: bool  # the completion used the answer format expected for this benchmark
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Extraction
+
+_FINAL_ANSWER_RE = re.compile(r"\*\*\s*final\s+answer\s*:?\s*\*\*\s*:?", re.IGNORECASE)
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOXED_SPACE_RE = re.compile(r"\\boxed +([^\s$}{]+)")
+
+
+def _balanced(text: str, open_index: int) -> int | None:
+    """Index of the `}` that closes the `{` at open_index (None if unbalanced)."""
+    depth = 0
+    i = open_index
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":  # skip escaped characters such as \{ and \}
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+def extract_boxed_answer(text: str | None) -> str | None:
+    """Content of the last complete `\\boxed{...}` (or `\\fbox{...}`, or `\\boxed 5`), braces balanced.
+
+    A box left open at the end (truncated generation) is skipped in favour of the previous complete one.
+    Returns None when there is none or it is empty."""
+    if not text:
+        return None
+    candidates: list[tuple[int, str]] = []
+    for match in _BOXED_RE.finditer(text):
+        close = _balanced(text, match.end() - 1)
+        if close is not None:
+            candidates.append((match.start(), text[match.end():close]))
+    for match in _BOXED_SPACE_RE.finditer(text):
+        candidates.append((match.start(), match.group(1)))
+    if not candidates:
+        return None
+    content = max(candidates)[1].strip()
+    return content or None
+
+
+_WRAPPERS = (("**", "**"), ("__", "__"), ("*", "*"), ("`", "`"), ("$$", "$$"), ("$", "$"),
+             ("\\(", "\\)"), ("\\[", "\\]"))
+
+
+def _strip_wrappers(text: str) -> str:
+    """Remove markdown/math wrappers around a one-line answer: **x**, `x`, $x$, \\(x\\), \\boxed{x}, 'x.'"""
+    s = text.strip()
+    while True:
+        before = s
+        if len(s) > 1 and s.endswith(".") and s[-2] in "$*}`)]":
+            s = s[:-1].rstrip()
+        for left, right in _WRAPPERS:
+            if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
+                s = s[len(left):len(s) - len(right)].strip()
+        match = re.fullmatch(r"\\(?:boxed|fbox)\s*\{(.*)\}", s, re.S)
+        if match and _balanced(s, s.index("{")) == len(s) - 1:
+            s = match.group(1).strip()
+        if s == before:
+            return s
+
+
+def extract_final_answer(text: str | None) -> str | None:
+    """The answer after the LAST `**Final Answer:**` (case-insensitive; `**Final Answer**:` also accepted).
+
+    Takes the first non-empty line after the marker, strips markdown/math wrappers and a \\boxed{} around it.
+    A \\boxed{...} that starts right after the marker is taken whole even if it spans lines."""
+    if not text:
+        return None
+    matches = list(_FINAL_ANSWER_RE.finditer(text))
+    if not matches:
+        return None
+    rest = text[matches[-1].end():].lstrip()
+    boxed_start = re.match(r"(?:\$\$?|\\\(|\\\[)?\s*\\(?:boxed|fbox)\s*\{", rest)
+    if boxed_start:
+        close = _balanced(rest, boxed_start.end() - 1)
+        if close is not None:
+            content = rest[boxed_start.end():close].strip()
+            return content or None
+    for line in rest.splitlines():
+        if line.strip():
+            answer = _strip_wrappers(line)
+            return answer or None
+    return None
+
+
+_CHOICE_RE = re.compile(r"^\(?\s*([A-D])\s*\)?(?:[).:,\s]|$)")
+_CHOICE_FALLBACK_RE = re.compile(r"answer\s+is\s*:?\s*\(?\s*([A-D])\b", re.IGNORECASE)
+
+
+def extract_choice(text: str | None) -> str | None:
+    """A letter A-D from an extracted answer such as `B`, `(B)`, `B) 42`, `\\text{B}`; None otherwise."""
+    if not text:
+        return None
+    s = re.sub(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}", r"\1", text).strip()
+    s = _strip_wrappers(s)
+    match = _CHOICE_RE.match(s)
+    if match:
+        return match.group(1)
+    match = re.fullmatch(r"(?:option|choice)\s+\(?([A-D])\)?\.?", s, re.IGNORECASE)
+    return match.group(1).upper() if match else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Numeric normalisation (GSM8K, the seed's rules)
+
+_NUMBER_WORDS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+                 "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_NUMBER_WORD_RE = re.compile(r"\b(" + "|".join(_NUMBER_WORDS) + r")\b")
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?"
+_NUMBER_THEN_WORDS_RE = re.compile(rf"^({_NUM})\s*[a-z][a-z\s.'’/²³-]*$")
+
+
+def normalize_numeric_answer(text: str) -> str:
+    """The seed's normalisation for numeric answers, e.g. `$1,000.00` -> `1000`, `ten` -> `10`, `5 cm.` -> `5`.
+
+    Steps: unwrap \\text{}/\\mathrm{}/\\boxed{} and $...$, lowercase, keep the right-hand side of a trailing
+    `x = ...`, drop `$` and thousands commas (commas between digits), words zero..ten -> digits, drop a
+    trailing period, a percent sign, unit words after a number (`12 apples`), and a zero fraction (`.0`, `.00`).
+    Text that is not a number comes back lowercased and stripped, so it can still be compared as a string."""
+    s = _strip_wrappers(str(text))
+    s = re.sub(r"\\(?:text|textbf|mathrm|mbox|mathbf)\s*\{([^{}]*)\}", r" \1 ", s)
+    s = re.sub(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(\d+)\s*\}", r"\1/\2", s)
+    s = s.replace("\\$", "$").replace("\\%", "%").replace("\\!", "").replace("\\,", "")
+    s = s.replace("−", "-").replace("–", "-")
+    s = s.strip().lower()
+    if "=" in s:
+        s = s.rsplit("=", 1)[1]
+    s = s.replace("$", "")
+    s = re.sub(r"(?<=\d),(?=\d)", "", s)
+    s = _NUMBER_WORD_RE.sub(lambda m: _NUMBER_WORDS[m.group(1)], s)
+    s = " ".join(s.split())
+    s = s.rstrip(".").strip()
+    s = s.rstrip("%").strip()
+    match = _NUMBER_THEN_WORDS_RE.match(s)
+    if match:
+        s = match.group(1)
+    s = s.rstrip(".").strip()
+    if re.fullmatch(r"[-+]?\d+\.0+", s):
+        s = s[: s.index(".")]
+    if s.startswith("+"):
+        s = s[1:]
+    return s
+
+
+_PLAIN_NUMBER_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?", re.IGNORECASE)
+_MAX_EXPONENT = 400
+
+
+def _to_number(s: str) -> Fraction | None:
+    """Parse `12`, `-3.5`, `.5`, `1.`, `4.5e33`, `7/8`, `-1./3` exactly; None for anything else.
+    Exponents beyond +-400 are refused (a Fraction of 10**10**9 would never finish)."""
+    s = s.strip()
+    if "/" in s:
+        num, _, den = s.partition("/")
+        a, b = _to_number(num), _to_number(den)
+        if a is None or b is None or b == 0 or "/" in num or "/" in den:
+            return None
+        return a / b
+    if not _PLAIN_NUMBER_RE.fullmatch(s):
+        return None
+    mantissa, _, exponent = s.lower().partition("e")
+    if exponent and abs(int(exponent)) > _MAX_EXPONENT:
+        return None
+    value = Fraction(mantissa.rstrip(".") or "0") if mantissa not in ("+.", "-.", ".") else None
+    if value is None:
+        return None
+    return value * Fraction(10) ** int(exponent) if exponent else value
+
+
+def _numbers_equal(a: Fraction, b: Fraction, rel_tol: float | None) -> bool:
+    if a == b:
+        return True
+    if rel_tol is None:
+        return False
+    return math.isclose(float(a), float(b), rel_tol=rel_tol, abs_tol=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LaTeX answers: a cheap numeric path, then math-verify
+
+_LATEX_SPACING = re.compile(r"\\[,;:! ]|\\q?quad|~")
+_LATEX_UNIT_TAIL = re.compile(r"(?:\\(?:text|mathrm|mbox|textrm)\s*\{[^{}]*\}\s*)+$")
+_SCI_RE = re.compile(r"^(.*?)\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*([-+]?\d+)\s*\}?$")
+
+
+def latex_number(text: str) -> Fraction | None:
+    """Exact value of a LaTeX answer that is just a number: `1,000`, `\\$5`, `90^\\circ`, `\\frac{3}{4}`,
+    `-\\dfrac{1}{2}`, `4.5e33`, `4.5 \\times 10^{33}`, `5\\%`, `12 \\text{ cm}`; None when it is anything else."""
+    s = _strip_wrappers(text)
+    while True:  # \textbf{(073)} -> 073: a whole-answer text wrapper, then a parenthesised lone number
+        unwrapped = re.fullmatch(r"\\(?:text|textbf|mathbf|mathrm|mbox)\s*\{([^{}]*)\}|\(\s*([^(),]*?)\s*\)", s.strip())
+        if not unwrapped:
+            break
+        s = (unwrapped.group(1) if unwrapped.group(1) is not None else unwrapped.group(2)).strip()
+    s = _LATEX_SPACING.sub(" ", s)
+    s = s.replace("\\left", "").replace("\\right", "").replace("\\$", "").replace("$", "")
+    s = s.replace("−", "-").strip()
+    s = _LATEX_UNIT_TAIL.sub("", s).strip()
+    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?$", "", s).strip()
+    s = re.sub(r"\\?%$", "", s).strip()
+    s = re.sub(r"(?<=\d),(?=\d{3}(?:\D|$))", "", s) if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", s) else s
+    sign = ""
+    if s.startswith("-") and ("\\frac" in s or "\\dfrac" in s or "\\tfrac" in s):
+        sign, s = "-", s[1:].strip()
+    frac = re.fullmatch(r"\\[dt]?frac\s*\{\s*([-+]?[\d.]+)\s*\}\s*\{\s*([-+]?[\d.]+)\s*\}", s) or \
+        re.fullmatch(r"\\[dt]?frac\s*(\d)\s*(\d)", s)
+    if frac:
+        a, b = _to_number(frac.group(1)), _to_number(frac.group(2))
+        if a is None or b is None or b == 0:
+            return None
+        return (-1 if sign else 1) * a / b
+    if sign:
+        return None
+    sci = _SCI_RE.match(s)
+    if sci:
+        mantissa = _to_number(sci.group(1)) if sci.group(1).strip() else Fraction(1)
+        exponent = int(sci.group(2))
+        if mantissa is None or abs(exponent) > _MAX_EXPONENT:
+            return None
+        return mantissa * Fraction(10) ** exponent
+    return _to_number(s.replace(" ", ""))
+
+
+def _python_to_latex(gold: str) -> str:
+    """Minerva keeps 3 gold answers in Python syntax (`np.arcsin(10/13)`): write them as LaTeX."""
+    return re.sub(r"\bnp\.(arcsin|arccos|arctan|sin|cos|tan|sqrt|log|exp|pi)\b",
+                  lambda m: "\\" + ("arcsin" if m.group(1) == "arcsin" else m.group(1)), gold)
+
+
+_MV = None
+
+
+def _math_verify():
+    global _MV
+    if _MV is None:
+        import math_verify  # sympy + antlr: ~1 s to import, so only when a LaTeX answer needs it
+
+        _MV = math_verify
+    return _MV
+
+
+def _mv_parse(latex: str, timeout: int):
+    """math-verify parse of a bare LaTeX answer: try `$...$`, then `\\boxed{...}`; keep the first attempt that
+    yields a sympy object (both keep the raw string as a fallback element)."""
+    mv = _math_verify()
+    first = None
+    for wrapped in (f"${latex}$", f"\\boxed{{{latex}}}"):
+        parsed = mv.parse(wrapped, parsing_timeout=timeout)
+        if first is None:
+            first = parsed
+        if any(not isinstance(item, str) for item in parsed):
+            return parsed
+    return first or []
+
+
+def _mv_equal(pred: str, gold: str, rel_tol: float | None, timeout: int) -> bool:
+    """math-verify comparison (runs in the main thread of whichever process calls it)."""
+    mv = _math_verify()
+    gold_parsed = _mv_parse(gold, timeout)
+    pred_parsed = _mv_parse(pred, timeout)
+    if not gold_parsed or not pred_parsed:
+        return False
+    if mv.verify(gold_parsed, pred_parsed, timeout_seconds=timeout):
+        return True
+    if rel_tol is not None:  # e.g. `\sqrt{2}` vs 1.41, or 4.52 \times 10^{33} vs 4.5e33 within tolerance
+        for g in gold_parsed:
+            for p in pred_parsed:
+                if isinstance(g, str) or isinstance(p, str):
+                    continue
+                try:
+                    gv, pv = complex(g.evalf()), complex(p.evalf())
+                except Exception:
+                    continue
+                if gv.imag == 0 and pv.imag == 0 and math.isclose(gv.real, pv.real, rel_tol=rel_tol):
+                    return True
+    return False
+
+
+def _mv_equal_guarded(pred: str, gold: str, rel_tol: float | None, timeout: int) -> bool:
+    """_mv_equal that never raises (math-verify's TimeoutException is a BaseException)."""
+    from math_verify.errors import TimeoutException
+
+    try:
+        return _mv_equal(pred, gold, rel_tol, timeout)
+    except (Exception, TimeoutException) as exc:  # noqa: BLE001 - any failure is "not equal"
+        logger.debug("math-verify failed on %r vs %r: %r", pred, gold, exc)
+        return False
+
+
+_POOL: ProcessPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _mv_equal_in_subprocess(pred: str, gold: str, rel_tol: float | None, timeout: int) -> bool:
+    """Off the main thread SIGALRM is unavailable: compare in a worker process with a wall-clock deadline,
+    and kill the worker if it overruns."""
+    global _POOL
+    import multiprocessing
+
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        pool = _POOL
+    future = pool.submit(_mv_equal_guarded, pred, gold, rel_tol, timeout)
+    try:
+        return bool(future.result(timeout=30 + 4 * timeout))  # first call also pays the worker's imports
+    except FutureTimeout:
+        with _POOL_LOCK:
+            if _POOL is pool:
+                _POOL = None
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        return False
+    except Exception:  # noqa: BLE001 - a crashed worker is "not equal"
+        return False
+
+
+def _latex_equal(pred: str, gold: str, rel_tol: float | None, timeout: int | None = None,
+                 string_shortcut: bool = True) -> bool:
+    if len(pred) > MAX_ANSWER_CHARS:
+        return False
+    timeout = TIMEOUT_SECONDS if timeout is None else timeout
+    gold, pred = _python_to_latex(gold), _python_to_latex(pred)
+    if string_shortcut and " ".join(pred.split()) == " ".join(gold.split()):
+        return True
+    gold_num, pred_num = latex_number(gold), latex_number(pred)
+    if gold_num is not None and pred_num is not None:
+        if _numbers_equal(gold_num, pred_num, rel_tol):
+            return True
+        if rel_tol is not None:
+            return False  # both plain numbers and outside the tolerance: no need for sympy
+    if threading.current_thread() is threading.main_thread():
+        return _mv_equal_guarded(pred, gold, rel_tol, timeout)
+    return _mv_equal_in_subprocess(pred, gold, rel_tol, timeout)
+
+
+def _final_answer_equal(pred: str, gold: str, rel_tol: float | None, string_shortcut: bool = True) -> bool:
+    """Seed normalisation, then exact numeric comparison when both sides are numbers. A gold that is not a
+    plain number (a math benchmark graded with the Final Answer prompt) goes to the LaTeX comparison."""
+    p, g = normalize_numeric_answer(pred), normalize_numeric_answer(gold)
+    pn, gn = _to_number(p), _to_number(g)
+    if pn is not None and gn is not None:
+        return _numbers_equal(gn, pn, rel_tol)
+    if p == g and p != "":
+        return True
+    if gn is None:
+        return _latex_equal(pred, gold, rel_tol, string_shortcut=string_shortcut)
+    return False
+
+
+def answers_match(pred: str, gold: str, answer_format: str, numeric_tolerance: float | None = None) -> bool:
+    """Compare an extracted answer with the gold answer; never raises (any failure -> False)."""
+    return _answers_match(pred, gold, answer_format, numeric_tolerance, string_shortcut=True)
+
+
+def _answers_match(pred: str, gold: str, answer_format: str, numeric_tolerance: float | None,
+                   string_shortcut: bool) -> bool:
+    if answer_format not in ANSWER_FORMATS:
+        raise TinyReasonError(f"unknown answer_format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
+    try:
+        if answer_format == "final_answer":
+            return _final_answer_equal(pred, gold, numeric_tolerance, string_shortcut)
+        if answer_format == "boxed":
+            return _latex_equal(pred, gold, numeric_tolerance, string_shortcut=string_shortcut)
+        letter = extract_choice(pred)
+        return letter is not None and letter == gold.strip().upper()
+    except Exception:  # noqa: BLE001 - grading must not crash an evaluation run
+        logger.debug("grading failed on %r vs %r", pred, gold, exc_info=True)
+        return False
+
+
+def grade_answer(completion: str, gold: str, answer_format: str,
+                 numeric_tolerance: float | None = None) -> Grade:
+    """Extract the answer from a completion and compare it with `gold`.
+
+    final_answer: `**Final Answer:**` line, seed normalisation, exact numeric comparison (relative
+    `numeric_tolerance` if given). boxed: last `\\boxed{}`, then math-verify (symbolic/numeric equivalence,
+    intervals, tuples, text). choice: the letter. See the module docstring for fallbacks and `formatted`."""
+    return _grade(completion, gold, answer_format, numeric_tolerance, string_shortcut=True)
+
+
+def _grade(completion: str, gold: str, answer_format: str, numeric_tolerance: float | None,
+           string_shortcut: bool) -> Grade:
+    if answer_format not in ANSWER_FORMATS:
+        raise TinyReasonError(f"unknown answer_format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
+    completion = completion or ""
+    if answer_format == "final_answer":
+        primary, fallback = extract_final_answer, extract_boxed_answer
+    else:
+        primary, fallback = extract_boxed_answer, extract_final_answer
+    extracted = primary(completion)
+    formatted = extracted is not None
+    if extracted is None:
+        extracted = fallback(completion)
+        formatted = answer_format == "choice" and extracted is not None
+    if answer_format == "choice":
+        letter = extract_choice(extracted) if extracted is not None else None
+        if letter is None:
+            match = list(_CHOICE_FALLBACK_RE.finditer(completion))
+            if not match:
+                return Grade(extracted, False, False)
+            letter, formatted = match[-1].group(1).upper(), False
+        return Grade(letter, letter == gold.strip().upper(), formatted)
+    if extracted is None:
+        return Grade(None, False, False)
+    correct = _answers_match(extracted, gold, answer_format, numeric_tolerance, string_shortcut)
+    return Grade(extracted, correct, formatted)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Grader verification: each benchmark's own reference solution must grade as correct
+
+def render_reference_completion(problem: Problem) -> str:
+    """The gold solution written the way a model is asked to answer.
+
+    GSM8K: the reference reasoning (text before `####`) then `**Final Answer:** <gold>`. Math sets: the
+    reference solution when it contains a \\boxed{} answer, else the solution (if any) followed by
+    `The answer is \\boxed{<gold>}.` Choice: the explanation (if any) then `**Final Answer:** <letter>`."""
+    solution = problem.solution.strip()
+    if problem.answer_format == "final_answer":
+        return f"{solution}\n{FINAL_ANSWER_MARKER} {problem.gold}".lstrip()
+    if problem.answer_format == "choice":
+        return f"{solution}\n\n{FINAL_ANSWER_MARKER} {problem.gold}".lstrip()
+    if solution and extract_boxed_answer(solution) is not None and re.search(r"\\boxed\s*\{", solution):
+        return solution
+    return f"{solution}\n\nThe answer is $\\boxed{{{problem.gold}}}$.".lstrip()
+
+
+def verify_grader(benchmark_names: list[str] | tuple[str, ...], limit: int | None = None,
+                  string_shortcut: bool = False) -> dict:
+    """Grade every benchmark's reference solution (see render_reference_completion) with grade_answer.
+
+    The reference's boxed answer is usually the very string stored as gold, which grade_answer accepts by
+    string equality before any parsing. That would make this check vacuous, so by default
+    (`string_shortcut=False`) the equality shortcut is off and every LaTeX answer goes through the numeric
+    parser and math-verify, exactly as a differently-written model answer would.
+
+    Negative control: each reference is also graded against another problem's gold (the problem n/2 further
+    on, skipped when both golds are the same string); every such acceptance is listed in `false_accepts`.
+
+    Returns {name: {"n", "correct", "accuracy", "threshold", "passed", "seconds", "failures": [{"id",
+    "gold", "extracted", "reason"}], "negatives", "false_accepts": [...]}}. `threshold` is
+    VERIFY_THRESHOLDS.get(name) (None: accuracy reported, not enforced); `passed` also needs zero false accepts
+    (a pair of different strings that are truly equal, e.g. `0.5` and `\\frac12`, would show up there: inspect)."""
+    from tinyreason.benchmarks import get_spec, load_benchmark
+
+    report: dict[str, dict] = {}
+    for name in benchmark_names:
+        spec = get_spec(name)
+        problems = load_benchmark(name, limit=limit)
+        start = time.perf_counter()
+        failures = []
+        for problem in problems:
+            completion = render_reference_completion(problem)
+            grade = _grade(completion, problem.gold, problem.answer_format, spec.numeric_tolerance,
+                           string_shortcut=string_shortcut)
+            if grade.correct:
+                continue
+            if grade.extracted is None:
+                reason = "no answer extracted from the reference solution"
+            elif not grade.formatted:
+                reason = "answer not in the expected format"
+            else:
+                reason = "extracted answer judged different from gold"
+            failures.append({"id": problem.id, "gold": problem.gold, "extracted": grade.extracted, "reason": reason})
+        # Negative control: the same reference against another problem's (different) gold must be rejected;
+        # a grader that accepts everything would pass the check above.
+        false_accepts, negatives = [], 0
+        for i, problem in enumerate(problems):
+            other = problems[(i + len(problems) // 2) % len(problems)]
+            if " ".join(other.gold.split()) == " ".join(problem.gold.split()):
+                continue
+            negatives += 1
+            grade = _grade(render_reference_completion(problem), other.gold, problem.answer_format,
+                           spec.numeric_tolerance, string_shortcut=string_shortcut)
+            if grade.correct:
+                false_accepts.append({"id": problem.id, "gold": other.gold, "extracted": grade.extracted,
+                                      "reason": f"accepted against the gold of {other.id}"})
+        n = len(problems)
+        correct = n - len(failures)
+        threshold = VERIFY_THRESHOLDS.get(name)
+        report[name] = {
+            "n": n, "correct": correct, "accuracy": correct / n, "threshold": threshold,
+            "passed": (threshold is None or correct / n >= threshold) and not false_accepts,
+            "seconds": round(time.perf_counter() - start, 2), "failures": failures,
+            "negatives": negatives, "false_accepts": false_accepts,
+        }
+    return report
+
+
+def _run_verify_grader(args: argparse.Namespace) -> int:
+    from tinyreason.benchmarks import BENCHMARKS
+
+    names = [n.strip() for n in args.benchmarks.split(",") if n.strip()] if args.benchmarks else \
+        [name for name, spec in BENCHMARKS.items() if spec.path is not None]
+    report = verify_grader(names, limit=args.limit)
+    ok = all(entry["passed"] for entry in report.values())
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0 if ok else 1
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Grader verification: reference solutions graded by tinyreason.grading")
+    for column in ("benchmark", "n", "correct", "accuracy", "threshold", "false accepts", "status", "seconds"):
+        table.add_column(column, justify="left" if column in ("benchmark", "status") else "right")
+    for name, entry in report.items():
+        threshold = "-" if entry["threshold"] is None else f"{entry['threshold']:.0%}"
+        status = "ok" if entry["passed"] else "[red]BELOW THRESHOLD[/red]"
+        table.add_row(name, str(entry["n"]), str(entry["correct"]), f"{entry['accuracy']:.2%}", threshold,
+                      f"{len(entry['false_accepts'])}/{entry['negatives']}", status, f"{entry['seconds']:.1f}")
+    console = Console()
+    console.print(table)
+    for name, entry in report.items():
+        for failure in (entry["failures"] + entry["false_accepts"])[: args.show_failures]:
+            console.print(f"  {name} {failure['id']}: gold={failure['gold']!r} extracted={failure['extracted']!r}"
+                          f" ({failure['reason']})", markup=False, highlight=False)
+        hidden = len(entry["failures"]) + len(entry["false_accepts"]) - args.show_failures
+        if hidden > 0:
+            console.print(f"  {name}: {hidden} more failures (use --json for all)")
+    return 0 if ok else 1
+
+
+def add_parser(subparsers) -> None:
+    """Register `tinyreason verify-grader`."""
+    parser = subparsers.add_parser(
+        "verify-grader", help="grade each benchmark's own reference solutions (a check of the grader)",
+        description="Render each benchmark's reference solution the way a model answers and grade it; exits 1 "
+                    f"if a benchmark is below its threshold ({', '.join(f'{k} {v:.0%}' for k, v in VERIFY_THRESHOLDS.items())}).")
+    parser.add_argument("--benchmarks", default=None,
+                        help="comma-separated names (default: every vendored benchmark)")
+    parser.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    parser.add_argument("--show-failures", type=int, default=10, help="failures listed per benchmark (table mode)")
+    parser.set_defaults(func=_run_verify_grader)
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience: python -m tinyreason.grading
+    _parser = argparse.ArgumentParser(prog="tinyreason")
+    add_parser(_parser.add_subparsers(dest="command", required=True))
+    _args = _parser.parse_args(["verify-grader", *sys.argv[1:]])
+    sys.exit(_args.func(_args))
