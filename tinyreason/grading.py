@@ -579,7 +579,7 @@ def _run_verify_grader(args: argparse.Namespace) -> int:
         table.add_column(column, justify="left" if column in ("benchmark", "status") else "right")
     for name, entry in report.items():
         threshold = "-" if entry["threshold"] is None else f"{entry['threshold']:.0%}"
-        status = "ok" if entry["passed"] else "[red]BELOW THRESHOLD[/red]"
+        status = "ok" if entry["passed"] else "[red]FAIL[/red]"
         table.add_row(name, str(entry["n"]), str(entry["correct"]), f"{entry['accuracy']:.2%}", threshold,
                       f"{len(entry['false_accepts'])}/{entry['negatives']}", status, f"{entry['seconds']:.1f}")
     console = Console()
