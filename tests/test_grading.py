@@ -84,6 +84,13 @@ def test_extract_boxed_answer_none(text):
     ("\\frac{3}{4}", "3/4"),
     ("−4", "-4"),  # unicode minus
     ("Evelyn", "evelyn"),
+    ("The answer is 18.", "18"),
+    ("She makes 18 dollars per day", "18"),
+    ("Total: $1,250.", "1250"),
+    ("18 (dollars)", "18"),
+    ("negative 5", "-5"),
+    ("18 and 20", "18 and 20"),  # two numbers: left alone, so it cannot match either
+    ("x^2", "x^2"),
 ])
 def test_normalize_numeric_answer(raw, expected):
     assert normalize_numeric_answer(raw) == expected
@@ -213,6 +220,21 @@ def test_pathological_answers_never_hang_or_raise(monkeypatch):
         assert grade.correct is False
     # each math-verify step is bounded by the 1 s alarm; the long input is refused before sympy sees it
     assert time.perf_counter() - start < 30
+
+
+def test_math_verify_does_not_cancel_an_outer_alarm():
+    """math-verify's signal.alarm(0) would silently cancel a caller's timer (e.g. pytest-timeout)."""
+    import signal
+
+    previous = signal.signal(signal.SIGALRM, lambda *_: None)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 100.0)
+        assert grade_answer("\\boxed{\\sqrt{8}}", "2\\sqrt{2}", "boxed").correct
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 90.0 < remaining <= 100.0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_grading_off_the_main_thread_uses_a_subprocess():

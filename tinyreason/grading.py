@@ -179,15 +179,18 @@ _NUMBER_WORDS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
                  "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 _NUMBER_WORD_RE = re.compile(r"\b(" + "|".join(_NUMBER_WORDS) + r")\b")
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?"
-_NUMBER_THEN_WORDS_RE = re.compile(rf"^({_NUM})\s*[a-z][a-z\s.'’/²³-]*$")
+_NUMBER_THEN_WORDS_RE = re.compile(rf"^({_NUM})\s*[a-z(][a-z\s.'’/²³()-]*$")
+# "the answer is 18", "she makes 18 dollars": words, then the only number, then optional unit words
+_WORDS_THEN_NUMBER_RE = re.compile(rf"^[a-z][a-z\s'’:,]*?\s({_NUM})(?:\s*[a-z(][a-z\s.'’/²³()-]*)?$")
 
 
 def normalize_numeric_answer(text: str) -> str:
     """The seed's normalisation for numeric answers, e.g. `$1,000.00` -> `1000`, `ten` -> `10`, `5 cm.` -> `5`.
 
     Steps: unwrap \\text{}/\\mathrm{}/\\boxed{} and $...$, lowercase, keep the right-hand side of a trailing
-    `x = ...`, drop `$` and thousands commas (commas between digits), words zero..ten -> digits, drop a
-    trailing period, a percent sign, unit words after a number (`12 apples`), and a zero fraction (`.0`, `.00`).
+    `x = ...`, drop `$` and thousands commas (commas between digits), words zero..ten -> digits, `negative 5`
+    -> `-5`, drop a trailing period, a percent sign, unit words after a number (`12 apples`, `5 (dollars)`),
+    words before a lone number (`the answer is 18`), and a zero fraction (`.0`, `.00`).
     Text that is not a number comes back lowercased and stripped, so it can still be compared as a string."""
     s = _strip_wrappers(str(text))
     s = re.sub(r"\\(?:text|textbf|mathrm|mbox|mathbf)\s*\{([^{}]*)\}", r" \1 ", s)
@@ -200,10 +203,11 @@ def normalize_numeric_answer(text: str) -> str:
     s = s.replace("$", "")
     s = re.sub(r"(?<=\d),(?=\d)", "", s)
     s = _NUMBER_WORD_RE.sub(lambda m: _NUMBER_WORDS[m.group(1)], s)
+    s = re.sub(r"\b(?:negative|minus)\s+(?=[\d.])", "-", s)
     s = " ".join(s.split())
     s = s.rstrip(".").strip()
     s = s.rstrip("%").strip()
-    match = _NUMBER_THEN_WORDS_RE.match(s)
+    match = _NUMBER_THEN_WORDS_RE.match(s) or _WORDS_THEN_NUMBER_RE.match(s)
     if match:
         s = match.group(1)
     s = s.rstrip(".").strip()
@@ -350,13 +354,22 @@ def _mv_equal(pred: str, gold: str, rel_tol: float | None, timeout: int) -> bool
 
 def _mv_equal_guarded(pred: str, gold: str, rel_tol: float | None, timeout: int) -> bool:
     """_mv_equal that never raises (math-verify's TimeoutException is a BaseException)."""
+    import signal
+
     from math_verify.errors import TimeoutException
 
+    # math-verify arms signal.alarm() and cancels it afterwards, which would also cancel a caller's own
+    # ITIMER_REAL timer (pytest-timeout's signal method, a stage's watchdog): re-arm what was pending.
+    outer = signal.getitimer(signal.ITIMER_REAL) if hasattr(signal, "setitimer") else (0.0, 0.0)
+    start = time.monotonic()
     try:
         return _mv_equal(pred, gold, rel_tol, timeout)
     except (Exception, TimeoutException) as exc:  # noqa: BLE001 - any failure is "not equal"
         logger.debug("math-verify failed on %r vs %r: %r", pred, gold, exc)
         return False
+    finally:
+        if outer[0] > 0:
+            signal.setitimer(signal.ITIMER_REAL, max(outer[0] - (time.monotonic() - start), 1e-3), outer[1])
 
 
 _POOL: ProcessPoolExecutor | None = None
