@@ -5,11 +5,13 @@ Public API:
     Grade(extracted, correct, formatted)
     extract_final_answer(text) -> str | None       text after the LAST `**Final Answer:**` (first line)
     extract_boxed_answer(text) -> str | None       content of the last complete `\\boxed{...}`
+    extract_choice(text) -> str | None             a letter A-D from an extracted answer
     normalize_numeric_answer(text) -> str          the seed's normalisation for GSM8K-style answers
+    latex_number(text) -> Fraction | None          exact value of a LaTeX answer that is just a number
     answers_match(pred, gold, answer_format, numeric_tolerance=None) -> bool
     grade_answer(completion, gold, answer_format, numeric_tolerance=None) -> Grade
     render_reference_completion(problem) -> str     a benchmark's gold solution written as a model would answer
-    verify_grader(benchmark_names, limit=None) -> dict
+    verify_grader(benchmark_names, limit=None, string_shortcut=False) -> dict
     add_parser(subparsers)                          registers `tinyreason verify-grader`
 
 Extraction rules. Each format has an expected answer form (`formatted=True` when the completion used it):
@@ -17,9 +19,14 @@ final_answer -> `**Final Answer:** N`, boxed -> `\\boxed{...}`, choice -> either
 When the expected form is absent, the other form is tried as a fallback, so `correct` measures the answer and
 `formatted` measures format compliance separately. No answer at all -> Grade(None, False, False).
 
-Safety: math-verify guards parsing and comparison with SIGALRM timeouts (TIMEOUT_SECONDS each). Those only
-work in the main thread; in any other thread the comparison runs in a one-worker subprocess with a
-wall-clock deadline instead. Any exception or timeout counts as incorrect, so grading never raises or hangs.
+Comparison: final_answer -> seed normalisation + exact numbers (Fraction), boxed -> identical strings, then
+exact numbers (`latex_number`), then math-verify (`parse` of `$gold$` / `\\boxed{pred}`, `verify`); with a
+relative `numeric_tolerance` (Minerva) numbers and sympy values are compared with math.isclose.
+
+Safety: math-verify guards parsing and comparison with SIGALRM timeouts (TIMEOUT_SECONDS each); a caller's own
+ITIMER_REAL timer is re-armed afterwards. Those alarms only work in the main thread; in any other thread the
+comparison runs in a one-worker (spawned) subprocess with a wall-clock deadline instead. Any exception or
+timeout counts as incorrect, so grading never raises (except for an unknown answer_format) or hangs.
 """
 
 from __future__ import annotations
