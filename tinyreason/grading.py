@@ -59,8 +59,10 @@ ANSWER_FORMATS = ("final_answer", "boxed", "choice")
 TIMEOUT_SECONDS = 5
 # Answers longer than this are not handed to sympy at all (a model rambling inside \boxed{}): incorrect.
 MAX_ANSWER_CHARS = 1000
-# Thresholds `tinyreason verify-grader` enforces (fraction of reference solutions graded correct).
-VERIFY_THRESHOLDS = {"gsm8k": 1.0, "math500": 0.99}
+# Thresholds `tinyreason verify-grader` enforces (fraction of reference solutions graded correct). GSM8K and
+# MATH500 are the required bars; the others are regression guards set just below what was measured (all 100 %).
+VERIFY_THRESHOLDS = {"gsm8k": 1.0, "math500": 0.99, "aime24": 1.0, "aime25": 1.0, "amc23": 1.0,
+                     "minerva_math": 0.99}
 
 
 @dataclass(frozen=True)
@@ -594,9 +596,10 @@ def _run_verify_grader(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Grader verification: reference solutions graded by tinyreason.grading")
-    for column in ("benchmark", "n", "correct", "accuracy", "threshold", "false accepts", "status", "seconds"):
-        table.add_column(column, justify="left" if column in ("benchmark", "status") else "right")
+    table = Table(title="Grader verification: reference solutions graded by tinyreason.grading",
+                  caption="min: required accuracy; false acc.: references accepted against another problem's gold")
+    for column in ("benchmark", "n", "correct", "accuracy", "min", "false acc.", "status", "s"):
+        table.add_column(column, justify="left" if column in ("benchmark", "status") else "right", no_wrap=True)
     for name, entry in report.items():
         threshold = "-" if entry["threshold"] is None else f"{entry['threshold']:.0%}"
         status = "ok" if entry["passed"] else "[red]FAIL[/red]"
