@@ -92,3 +92,39 @@ def test_cli_json_and_exit_codes(capsys, monkeypatch):
 
     assert cli.main(["verify-grader", "--benchmarks", "gsm8k,nope"]) == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
+
+
+def _rewrites(gold: str) -> set[str]:
+    """Equivalent ways a model could write a MATH500 gold answer."""
+    import re
+    from fractions import Fraction
+
+    out = {
+        gold.replace("\\left", "").replace("\\right", ""),
+        gold.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac"),
+        re.sub(r"\s+", "", gold),
+        re.sub(r"\\text\{\s*([^{}]*?)\s*\}", r"\1", gold),
+        re.sub(r"\^\\circ", "", gold),
+    }
+    frac = re.fullmatch(r"(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}", gold)
+    if frac:
+        value = Fraction(int(frac.group(2)), int(frac.group(3)))
+        if 10**6 % value.denominator == 0:  # terminating decimal
+            out.add(frac.group(1) + str(float(value)))
+        out.add(f"{frac.group(1)}{frac.group(2)}/{frac.group(3)}")
+    if re.fullmatch(r"-?\d+", gold):
+        out.add(f"{gold}.0")
+    out.discard(gold)
+    return out
+
+
+def test_math500_equivalent_rewrites_are_accepted():
+    """The reference boxes equal the gold strings, so also grade rewritten but equivalent answers."""
+    failures, total = [], 0
+    for problem in load_benchmark("math500"):
+        for variant in _rewrites(problem.gold):
+            total += 1
+            if not grading.grade_answer(f"so \\boxed{{{variant}}}", problem.gold, "boxed").correct:
+                failures.append((problem.id, problem.gold, variant))
+    assert total > 300
+    assert failures == []
