@@ -33,6 +33,7 @@ loop also runs on CPU (eager, no graphs), which is what the tests compare agains
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -123,6 +124,73 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
 # The engine
 # ----------------------------------------------------------------------------------------------
 
+_FAST_NORMS = {"Qwen2RMSNorm", "LlamaRMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm with HF Qwen2/Llama numerics (float32 statistics, cast back, then scale)."""
+    dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(dtype)
+
+
+def _add_rms(h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float):
+    h = h + delta
+    return h, _rms(h, weight, eps)
+
+
+def _rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
+# separate code objects for the dynamic-shape (prefill) compiles
+def _add_rms_p(h, delta, weight, eps):
+    return _add_rms(h, delta, weight, eps)
+
+
+def _rope_p(q, k, cos, sin):
+    return _rope(q, k, cos, sin)
+
+
+def _silu_mul_p(gate, up):
+    return _silu_mul(gate, up)
+
+
+_FLASH_OK: dict[tuple, bool] = {}
+
+
+def _flash_varlen_available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether aten's FlashAttention varlen forward with `seqused_k` runs here."""
+    key = (str(device), dtype, head_dim)
+    if key not in _FLASH_OK:
+        ok = False
+        if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+            try:
+                with torch.inference_mode():
+                    S, L = 2, 16
+                    q = torch.randn(S, 4, head_dim, device=device, dtype=dtype)
+                    kv = torch.randn(S * L, 2, head_dim, device=device, dtype=dtype)
+                    cu_q = torch.arange(S + 1, device=device, dtype=torch.int32)
+                    cu_k = cu_q * L
+                    used = torch.tensor([3, 16], device=device, dtype=torch.int32)
+                    out = torch.ops.aten._flash_attention_forward(
+                        q, kv, kv, cu_q, cu_k, 1, L, 0.0, False, False, seqused_k=used)[0]
+                    # reference for row 0: attend to its first 3 keys only
+                    k0 = kv[:3].float().repeat_interleave(2, dim=1)  # [3, 4, D]
+                    w = torch.softmax(torch.einsum("hd,khd->hk", q[0].float(), k0) / head_dim ** 0.5, -1)
+                    ref = torch.einsum("hk,khd->hd", w, k0)
+                    ok = bool(torch.allclose(out[0].float(), ref, atol=2e-2, rtol=2e-2))
+            except Exception:  # noqa: BLE001 - any failure means "use SDPA"
+                ok = False
+        _FLASH_OK[key] = ok
+    return _FLASH_OK[key]
+
+
 class GenerationEngine:
     """Static-KV-cache, continuous-batching generation for HF decoder-only LMs of the
     Llama/Qwen2 family (`model.model.{embed_tokens,layers,norm,rotary_emb}`, `model.lm_head`,
@@ -133,15 +201,21 @@ class GenerationEngine:
         max_batch_size: decode slots (requests generated at once).
         max_seq_len: prompt + new tokens that one slot holds (rounded up to `kv_bucket`).
         use_cuda_graph: capture decode steps in CUDA graphs (default: on for CUDA models).
-        kv_bucket: decode attention reads the first multiple of `kv_bucket` cache positions that
-            covers the longest active request (one CUDA graph per bucket, captured lazily).
+        compile: torch.compile the decode step's elementwise pieces (residual+RMSNorm, RoPE,
+            SiLU*up) into fused kernels (default: on with CUDA graphs).
+        attn_impl: decode attention: "flash" (FlashAttention varlen with per-slot used lengths:
+            reads only each slot's live K/V; CUDA bf16/fp16) or "sdpa" (masked SDPA over the first
+            `kv_bucket` multiple covering the longest live slot; one graph per bucket). Default:
+            flash where it runs, else sdpa.
+        kv_bucket: see attn_impl="sdpa"; also the rounding of max_seq_len.
         sync_every: decode steps between host syncs (stop checks and slot refills happen there).
         prefill_tokens: padded-token budget of one prefill forward.
     """
 
     def __init__(self, model, max_batch_size: int = 256, max_seq_len: int = 2048,
-                 use_cuda_graph: bool | None = None, kv_bucket: int = 128, sync_every: int = 16,
-                 prefill_tokens: int = 16384):
+                 use_cuda_graph: bool | None = None, compile: bool | None = None,
+                 attn_impl: str | None = None, kv_bucket: int = 128, sync_every: int = 16,
+                 prefill_tokens: int = 16384, min_refill: int | None = None):
         self.model = model
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.body = base.model
@@ -162,18 +236,56 @@ class GenerationEngine:
         self.max_seq_len = int(math.ceil(max_seq_len / self.kv_bucket) * self.kv_bucket)
         self.sync_every = int(sync_every)
         self.prefill_tokens = int(prefill_tokens)
-        self.use_cuda_graph = (self.device.type == "cuda") if use_cuda_graph is None else bool(use_cuda_graph)
+        # refill freed slots only once this many are free (or the queue is that short): each
+        # prefill is a burst of eager launches with the decode batch stalled
+        self.min_refill = max(1, self.slots // 8) if min_refill is None else max(1, int(min_refill))
+        self.stats: dict[str, float] = {}
+        on_cuda = self.device.type == "cuda"
+        self.use_cuda_graph = on_cuda if use_cuda_graph is None else bool(use_cuda_graph)
+        if attn_impl is None:
+            attn_impl = "flash" if _flash_varlen_available(self.device, self.dtype, self.head_dim) else "sdpa"
+        if attn_impl not in ("flash", "sdpa"):
+            raise ValueError(f"attn_impl must be 'flash' or 'sdpa', not {attn_impl!r}")
+        self.attn_impl = attn_impl
+        # Fast paths need known module semantics; otherwise the HF modules are called as they are.
+        norms = [self.body.norm] + [m for l in self.layers for m in (l.input_layernorm, l.post_attention_layernorm)]
+        self.fast_norm = all(type(m).__name__ in _FAST_NORMS for m in norms)
+        self.fast_mlp = getattr(cfg, "hidden_act", None) == "silu" and all(
+            hasattr(l.mlp, "gate_proj") and hasattr(l.mlp, "up_proj") for l in self.layers)
+        rope_type = (getattr(self.body.rotary_emb, "rope_type", "default") or "default")
+        self.rope_table = not any(t in rope_type for t in ("dynamic", "longrope"))
+        self.compile = (self.use_cuda_graph and on_cuda) if compile is None else bool(compile)
+        if self.compile:
+            self._c_add_rms = torch.compile(_add_rms, dynamic=False, fullgraph=True)
+            self._c_rope = torch.compile(_rope, dynamic=False, fullgraph=True)
+            self._c_silu_mul = torch.compile(_silu_mul, dynamic=False, fullgraph=True)
+            # prefill shapes vary: one dynamic-shape compile each
+            self._p_add_rms = torch.compile(_add_rms_p, dynamic=True, fullgraph=True)
+            self._p_rope = torch.compile(_rope_p, dynamic=True, fullgraph=True)
+            self._p_silu_mul = torch.compile(_silu_mul_p, dynamic=True, fullgraph=True)
+            # every (slots, dtype) decode shape is one more compiled variant of the same functions
+            import torch._dynamo as _dynamo
+            _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
+        else:
+            self._c_add_rms, self._c_rope, self._c_silu_mul = _add_rms, _rope, _silu_mul
+            self._p_add_rms, self._p_rope, self._p_silu_mul = _add_rms, _rope, _silu_mul
         n_layers = len(self.layers)
-        shape = (n_layers, self.slots, self.n_kv, self.max_seq_len, self.head_dim)
+        shape = (n_layers, self.slots, self.max_seq_len, self.n_kv, self.head_dim)
         with torch.inference_mode():
             self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.slot_ids = torch.arange(self.slots, device=self.device)
             self.kv_positions = torch.arange(self.max_seq_len, device=self.device)
+            self.cu_q = torch.arange(self.slots + 1, device=self.device, dtype=torch.int32)
+            self.cu_k = self.cu_q * self.max_seq_len
+            if self.rope_table:
+                probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+                cos, sin = self.body.rotary_emb(probe, self.kv_positions[None, :])
+                self.cos_tab, self.sin_tab = cos[0], sin[0]  # [L, head_dim]
             # static inputs of the decode step
             self.tok_buf = torch.zeros(self.slots, dtype=torch.long, device=self.device)
             self.pos_buf = torch.zeros(self.slots, dtype=torch.long, device=self.device)
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = None
 
     # -- memory --------------------------------------------------------------------------------
@@ -181,82 +293,154 @@ class GenerationEngine:
     def cache_bytes(self) -> int:
         return 2 * self.k_cache.numel() * self.k_cache.element_size()
 
-    # -- the forward pass ----------------------------------------------------------------------
-    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor | None,
-                 kv_len: int, last_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens/positions [n, T]. T == 1: decode of all slots (slots must be None = all) against
-        the first `kv_len` cache positions. T > 1: prefill of right-padded prompts that start at
-        position 0 into `slots`. Returns logits [n, vocab] of the last (or `last_idx`) token."""
-        n, T = tokens.shape
-        decode = slots is None
-        h = self.body.embed_tokens(tokens)
-        cos, sin = self.body.rotary_emb(h, positions)  # [n, T, head_dim]
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        if decode:
-            pos = positions[:, 0]
-            mask = (self.kv_positions[:kv_len][None, :] <= pos[:, None]).view(n, 1, 1, kv_len)
+    # -- pieces ---------------------------------------------------------------------------------
+    def _cos_sin(self, positions: torch.Tensor, like: torch.Tensor):
+        if self.rope_table:
+            return self.cos_tab[positions], self.sin_tab[positions]
+        return self.body.rotary_emb(like, positions if positions.dim() == 2 else positions[:, None])
+
+    def _norm(self, module, x, fused_add=None, delta=None):
+        """(h + delta, norm(h + delta)) or norm(x) through the fast or the module path."""
+        if delta is not None:
+            if self.fast_norm:
+                return (fused_add or _add_rms)(x, delta, module.weight, module.variance_epsilon)
+            h = x + delta
+            return h, module(h)
+        return _rms(x, module.weight, module.variance_epsilon) if self.fast_norm else module(x)
+
+    def _mlp(self, layer, x, silu_mul=_silu_mul):
+        if self.fast_mlp:
+            mlp = layer.mlp
+            return mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+        return layer.mlp(x)
+
+    def _qkv(self, attn, x, lead: tuple[int, ...]):
+        q = attn.q_proj(x).view(*lead, self.n_heads, self.head_dim)
+        k = attn.k_proj(x).view(*lead, self.n_kv, self.head_dim)
+        v = attn.v_proj(x).view(*lead, self.n_kv, self.head_dim)
+        if hasattr(attn, "q_norm"):
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        return q, k, v
+
+    # -- the forward passes ----------------------------------------------------------------------
+    def _decode_forward(self, kv_len: int) -> torch.Tensor:
+        """One token for every slot: tok_buf at pos_buf. Returns logits [slots, vocab]."""
+        S, D = self.slots, self.head_dim
+        pos = self.pos_buf
+        h = self.body.embed_tokens(self.tok_buf)  # [S, hidden]
+        cos, sin = self._cos_sin(pos, h)
+        if cos.dim() == 3:
+            cos, sin = cos[:, 0], sin[:, 0]
+        cos, sin = cos[:, None, :], sin[:, None, :]  # [S, 1, D]
+        if self.attn_impl == "flash":
+            used = (pos + 1).to(torch.int32)
+        else:
+            mask = (self.kv_positions[:kv_len][None, :] <= pos[:, None]).view(S, 1, 1, kv_len)
+        x = self._norm(self.layers[0].input_layernorm, h)
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(n, T, self.n_heads, self.head_dim)
-            k = attn.k_proj(x).view(n, T, self.n_kv, self.head_dim)
-            v = attn.v_proj(x).view(n, T, self.n_kv, self.head_dim)
-            if hasattr(attn, "q_norm"):
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            q = q.transpose(1, 2)
-            k = k.transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            kc, vc = self.k_cache[i], self.v_cache[i]  # [slots, n_kv, L, head_dim]
-            if decode:
-                kc[self.slot_ids, :, pos] = k[:, :, 0]
-                vc[self.slot_ids, :, pos] = v[:, 0]
-                # [n, n_kv, group, hd]: the query heads that share one KV head act as the "query
-                # rows" of that head, so K/V are read once per KV head.
-                qg = q.reshape(n, self.n_kv, self.group, self.head_dim)
-                o = F.scaled_dot_product_attention(qg, kc[:, :, :kv_len], vc[:, :, :kv_len],
-                                                   attn_mask=mask, scale=attn.scaling)
-                o = o.reshape(n, 1, self.n_heads * self.head_dim)
+            q, k, v = self._qkv(attn, x, (S,))
+            q, k = self._c_rope(q, k, cos, sin)
+            kc, vc = self.k_cache[i], self.v_cache[i]  # [S, L, n_kv, D]
+            kc[self.slot_ids, pos] = k
+            vc[self.slot_ids, pos] = v
+            if self.attn_impl == "flash":
+                o = torch.ops.aten._flash_attention_forward(
+                    q, kc.view(-1, self.n_kv, D), vc.view(-1, self.n_kv, D), self.cu_q, self.cu_k,
+                    1, self.max_seq_len, 0.0, False, False, scale=attn.scaling, seqused_k=used)[0]
             else:
-                kc[slots[:, None], :, positions] = k.transpose(1, 2)
-                vc[slots[:, None], :, positions] = v
-                o = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True,
-                                                   scale=attn.scaling, enable_gqa=self.group > 1)
-                o = o.transpose(1, 2).reshape(n, T, self.n_heads * self.head_dim)
-            h = h + attn.o_proj(o)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        if last_idx is None:
-            h = h[:, -1]
-        else:
-            h = h[torch.arange(n, device=h.device), last_idx]
-        return self.lm_head(self.body.norm(h))
+                # the query heads that share one KV head act as that head's "query rows", so
+                # K/V are read once per KV head (no repeat_kv)
+                qg = q.view(S, self.n_kv, self.group, D)
+                o = F.scaled_dot_product_attention(
+                    qg, kc[:, :kv_len].transpose(1, 2), vc[:, :kv_len].transpose(1, 2),
+                    attn_mask=mask, scale=attn.scaling)
+            o = o.reshape(S, self.n_heads * D)
+            h, x = self._norm(layer.post_attention_layernorm, h, self._c_add_rms, attn.o_proj(o))
+            nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.body.norm
+            h, x = self._norm(nxt, h, self._c_add_rms, self._mlp(layer, x, self._c_silu_mul))
+        return self.lm_head(x)
 
-    def _decode_logits(self, kv_len: int) -> torch.Tensor:
+    def _prefill_forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                         last_idx: torch.Tensor) -> torch.Tensor:
+        """Right-padded prompts [n, T] starting at position 0, written into `slots`' cache rows.
+        Returns logits [n, vocab] at `last_idx`."""
+        n, T = tokens.shape
+        h = self.body.embed_tokens(tokens)
+        cos, sin = self._cos_sin(positions, h)
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # [n, T, 1, D]
+        x = self._norm(self.layers[0].input_layernorm, h)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            q, k, v = self._qkv(attn, x, (n, T))
+            q, k = self._p_rope(q, k, cos, sin)
+            self.k_cache[i][slots[:, None], positions] = k
+            self.v_cache[i][slots[:, None], positions] = v
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=True, scale=attn.scaling, enable_gqa=self.group > 1)
+            o = o.transpose(1, 2).reshape(n, T, self.n_heads * self.head_dim)
+            h, x = self._norm(layer.post_attention_layernorm, h, self._p_add_rms, attn.o_proj(o))
+            nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.body.norm
+            h, x = self._norm(nxt, h, self._p_add_rms, self._mlp(layer, x, self._p_silu_mul))
+        return self.lm_head(x[torch.arange(n, device=x.device), last_idx])
+
+    def _advance(self, nxt: torch.Tensor) -> None:
+        self.tok_buf.copy_(nxt)
+        self.pos_buf.add_(1).clamp_(max=self.max_seq_len - 1)
+
+    def _decode_body(self, kv_len: int, greedy: bool) -> torch.Tensor:
+        logits = self._decode_forward(kv_len)
+        if greedy:
+            self._advance(logits.argmax(dim=-1))
+        return logits
+
+    def _decode(self, kv_len: int, greedy: bool) -> torch.Tensor:
+        """One decode step; with `greedy` it also advances tok_buf/pos_buf (inside the graph)."""
         if not self.use_cuda_graph:
-            return self._forward(self.tok_buf[:, None], self.pos_buf[:, None], None, kv_len)
-        entry = self._graphs.get(kv_len)
+            return self._decode_body(kv_len, greedy)
+        entry = self._graphs.get((kv_len, greedy))
         if entry is None:
-            entry = self._capture(kv_len)
+            entry = self._capture(kv_len, greedy)
         graph, out = entry
         graph.replay()
         return out
 
-    def _capture(self, kv_len: int):
-        # Warm up on a side stream (also the real step: it writes the same K/V the replay will).
+    def _capture(self, kv_len: int, greedy: bool):
+        # Warm up (and compile) on a side stream without advancing the state, then capture.
+        tok, pos = self.tok_buf.clone(), self.pos_buf.clone()
         stream = torch.cuda.Stream(device=self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            self._forward(self.tok_buf[:, None], self.pos_buf[:, None], None, kv_len)
+            for _ in range(2):
+                self._decode_body(kv_len, greedy)
+                self.tok_buf.copy_(tok)
+                self.pos_buf.copy_(pos)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            out = self._forward(self.tok_buf[:, None], self.pos_buf[:, None], None, kv_len)
-        self._graphs[kv_len] = (graph, out)
+            out = self._decode_body(kv_len, greedy)
+        self._graphs[(kv_len, greedy)] = (graph, out)
         return graph, out
 
+    @torch.inference_mode()
+    def warmup(self, greedy: bool = True) -> None:
+        """Compile and capture the decode graphs now (otherwise on first use)."""
+        if not self.use_cuda_graph:
+            return
+        if self.attn_impl == "flash":
+            lens = [self.max_seq_len]
+        else:
+            lens = list(range(self.kv_bucket, self.max_seq_len + 1, self.kv_bucket))
+        for kv_len in lens:
+            if (kv_len, greedy) not in self._graphs:
+                self._capture(kv_len, greedy)
+        torch.cuda.synchronize(self.device)
+
     def _bucket(self, length: int) -> int:
+        if self.attn_impl == "flash":
+            return self.max_seq_len
         return min(self.max_seq_len, int(math.ceil(length / self.kv_bucket)) * self.kv_bucket)
 
     # -- prefill --------------------------------------------------------------------------------
@@ -279,7 +463,7 @@ class GenerationEngine:
             lens = torch.tensor([len(prompts[j]) for j in idx], device=self.device)
             positions = torch.arange(T, device=self.device)[None, :].expand(len(idx), T)
             slot_t = torch.tensor([slots[j] for j in idx], device=self.device)
-            logits = self._forward(toks, positions, slot_t, T, last_idx=lens - 1)
+            logits = self._prefill_forward(toks, positions, slot_t, lens - 1)
             for r, j in enumerate(idx):
                 out[j] = logits[r]
             start = end
@@ -314,6 +498,7 @@ class GenerationEngine:
                 raise ValueError(f"prompt of {len(p)} tokens + {m} new tokens exceeds the engine's "
                                  f"max_seq_len {self.max_seq_len}")
         eos = set(int(e) for e in eos_token_ids)
+        greedy = temperature <= 0
         was_training = self.model.training
         self.model.eval()
         gen = torch.Generator(device=self.device)
@@ -328,6 +513,8 @@ class GenerationEngine:
         outs: dict[int, list[int]] = {}
         hist = torch.zeros(self.slots, self.sync_every, dtype=torch.long, device=self.device)
         bar = tqdm(total=n_req, desc="generate", disable=not show_progress)
+        st = self.stats = dict.fromkeys(("prefill_calls", "prefill_prompts", "prefill_s", "decode_steps",
+                                         "slot_steps_active", "decode_s"), 0.0)
 
         def push(slot: int, new: list[int]) -> bool:
             """Append new tokens of the request in `slot`; True if it finished."""
@@ -353,7 +540,8 @@ class GenerationEngine:
         try:
             while True:
                 free = [s for s in range(self.slots) if slot_req[s] == -1]
-                if free and waiting:
+                if waiting and len(free) >= min(self.min_refill, len(waiting)):
+                    t_pre = time.perf_counter()
                     take = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
                     slots = free[:len(take)]
                     logits = self._prefill(slots, [list(prompt_ids[j]) for j in take])
@@ -368,19 +556,25 @@ class GenerationEngine:
                         slot_pos[s] = len(prompt_ids[j])
                         outs[j] = []
                         push(s, [t])
+                    st["prefill_calls"] += 1
+                    st["prefill_prompts"] += len(take)
+                    st["prefill_s"] += time.perf_counter() - t_pre
                     continue  # refill again if requests finished on their first token
                 active = [s for s in range(self.slots) if slot_req[s] != -1]
                 if not active:
                     break
                 k = min(self.sync_every, max(budgets[slot_req[s]] - len(outs[slot_req[s]]) for s in active))
                 top = max(slot_pos[s] for s in active)
+                t_dec = time.perf_counter()
+                st["decode_steps"] += k
+                st["slot_steps_active"] += len(active) * k
                 for step in range(k):
-                    logits = self._decode_logits(self._bucket(top + step + 1))
-                    nxt = sample_next(logits, temperature, top_p, gen)
-                    hist[:, step] = nxt
-                    self.tok_buf.copy_(nxt)
-                    self.pos_buf.add_(1).clamp_(max=self.max_seq_len - 1)
+                    logits = self._decode(self._bucket(top + step + 1), greedy)
+                    if not greedy:
+                        self._advance(sample_next(logits, temperature, top_p, gen))
+                    hist[:, step].copy_(self.tok_buf)
                 new = hist[:, :k].tolist()
+                st["decode_s"] += time.perf_counter() - t_dec
                 for s in active:
                     slot_pos[s] += k
                     push(s, new[s])
