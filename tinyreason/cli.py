@@ -17,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tinyreason import grading
 
     grading.add_parser(sub)  # verify-grader
+    from tinyreason import chat
+
+    chat.add_parser(sub)  # chat, solve
     return parser
 
 
