@@ -11,6 +11,12 @@ if [ ! -w "${HOME:-/nonexistent}" ]; then
     mkdir -p "$HOME"
 fi
 
+# An arbitrary --user uid has no /etc/passwd entry: getpass.getuser() (DVC, torch) then falls back
+# to getpwuid() and fails, unless USER/LOGNAME are set.
+if ! getent passwd "$(id -u)" >/dev/null 2>&1; then
+    export USER="${USER:-user$(id -u)}" LOGNAME="${LOGNAME:-user$(id -u)}"
+fi
+
 if [ ! -e .git ] || { [ ! -f dvc.yaml ] && [ ! -d .dvc ]; }; then
     echo "tinyreason-entrypoint: $(pwd) is not the tinyreason git+DVC repo." >&2
     echo "  mount the checkout: docker run -v \"\$PWD:/work/repo\" ... (make gpu-repro does this)" >&2
@@ -19,6 +25,9 @@ fi
 
 # DVC commits experiments (dvc exp run) and needs a git identity; pass yours with
 # -e GIT_AUTHOR_NAME=... -e GIT_AUTHOR_EMAIL=... (the Makefile does), else a neutral one is used.
+for v in GIT_AUTHOR_NAME GIT_AUTHOR_EMAIL GIT_COMMITTER_NAME GIT_COMMITTER_EMAIL; do
+    [ -n "${!v:-}" ] || unset "$v"    # an empty -e VAR= would beat the repo's git config
+done
 if [ -z "$(git config user.email 2>/dev/null || true)" ]; then
     export GIT_AUTHOR_NAME="${GIT_AUTHOR_NAME:-tinyreason container}"
     export GIT_AUTHOR_EMAIL="${GIT_AUTHOR_EMAIL:-tinyreason@localhost}"
