@@ -21,7 +21,12 @@ def main() -> None:
     checkpoints = sft.checkpoint_dir_for(Path("checkpoints"), cfg, TRAIN, VAL)
     live = Live("dvclive/train", dvcyaml=None, save_dvc_exp=False, report=None)
     with measure_cost(cfg.cost.usd_per_gpu_hour) as cost:
-        result = sft.train_sft(cfg, TRAIN, VAL, checkpoints, live=live)
+        if cfg.train.method == "grpo":  # RL with TRL's GRPOTrainer + LoRA (tinyreason/grpo.py)
+            from tinyreason import grpo
+
+            result = grpo.train_grpo(cfg, TRAIN, VAL, checkpoints, live=live)
+        else:
+            result = sft.train_sft(cfg, TRAIN, VAL, checkpoints, live=live)
     with atomic_directory("models/adapter") as out:
         result.trainer.save_model(str(out))  # the best checkpoint's LoRA weights (safetensors)
         result.trainer.processing_class.save_pretrained(str(out))

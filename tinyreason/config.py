@@ -76,6 +76,57 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: list(LORA_PROJECTIONS))
 
 
+# Reward functions GRPO can use (tinyreason/rewards.py implements each; a test keeps them in sync).
+GRPO_REWARDS = ("format", "accuracy", "cosine", "length")
+
+
+@dataclass(frozen=True)
+class GrpoSettings:
+    """train.method=grpo: TRL GRPOTrainer + LoRA (the Tina recipe). Used only when method is grpo."""
+
+    # Training problems: null -> the prepared GSM8K split (data/prepared/train.jsonl); else a local
+    # JSONL (GSM8K question/answer '#### N', or MATH-style problem/solution/answer) or a hub dataset id
+    # (knoveleng/open-rs, agentica-org/DeepScaleR-Preview-Dataset, ...).
+    train_path: str | None = None
+    hub_config: str | None = None
+    hub_split: str = "train"
+    num_samples: int | None = field(default=None, metadata=_range(1))  # None: every row
+    # A training problem that is also a test-benchmark problem is an error; true drops it instead.
+    drop_test_overlap: bool = False
+    prompt: str = "boxed"  # a key of `prompts`; its answer_format is what the accuracy reward grades
+    max_prompt_length: int = field(default=512, metadata=_range(16))  # longer prompts are dropped
+    max_completion_length: int = field(default=3584, metadata=_range(1))
+    num_generations: int = field(default=4, metadata=_range(2))
+    temperature: float = field(default=0.7, metadata=_range(0.0, 5.0, lo_open=True))
+    top_p: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
+    beta: float = field(default=0.04, metadata=_range(0.0))  # KL coefficient (0: no reference pass)
+    epsilon: float = field(default=0.2, metadata=_range(0.0, 1.0, lo_open=True))
+    # grpo: per-sequence length normalisation (TRL 0.15, Tina); dr_grpo: global constant; dapo/bnpo: tokens.
+    loss_type: str = field(default="grpo", metadata=_range(choices=("grpo", "dr_grpo", "dapo", "bnpo")))
+    # group: divide advantages by the group's reward std (GRPO); none: Dr.GRPO; batch: PPO-lite.
+    scale_rewards: str = field(default="group", metadata=_range(choices=("group", "batch", "none")))
+    mask_truncated_completions: bool = False
+    # Reward functions (names: GRPO_REWARDS) and their weights, same order. Lists, so an override
+    # replaces them whole. Tina: format 1 + accuracy (or cosine) 2.
+    reward_funcs: list[str] = field(default_factory=lambda: ["format", "accuracy"])
+    reward_weights: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    # Cosine length-scaled accuracy (Open-RS3): reward at length 0 -> at cosine_max_len characters.
+    cosine_max_len: int = field(default=1000, metadata=_range(1))
+    cosine_correct_short: float = 1.0
+    cosine_correct_long: float = 0.5
+    cosine_wrong_short: float = 0.0
+    cosine_wrong_long: float = -0.5
+    # lr_scheduler_type=cosine_with_min_lr: the floor as a fraction of learning_rate.
+    min_lr_rate: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    # The half-cosine trick: train.max_steps sets the schedule's length, training stops here (null:
+    # at max_steps). Tina: max_steps ~2x the real stop, so the lr is cut about halfway down.
+    stop_at_step: int | None = field(default=None, metadata=_range(1))
+    # Rollouts: engine = tinyreason.generation's static-cache engine (CUDA); trl = TRL's HF generate;
+    # auto = engine on CUDA, trl on CPU.
+    rollout: str = field(default="auto", metadata=_range(choices=("auto", "engine", "trl")))
+    log_completions: bool = False
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     method: str = field(default="sft", metadata=_range(choices=("sft", "grpo")))
@@ -107,6 +158,7 @@ class TrainConfig:
     # micro-batch = effective batch and bf16 LoRA when GPU memory allows, padding-free batches, a
     # lean loss over completion tokens, Liger kernels when installed; see `sft.plan_speed`.
     speed: str = field(default="fast", metadata=_range(choices=("faithful", "fast")))
+    grpo: GrpoSettings = field(default_factory=GrpoSettings)
 
 
 @dataclass(frozen=True)
@@ -252,9 +304,32 @@ def _check_cross_references(cfg: RunConfig, source: str) -> None:
                   f"{run.prompt!r} is not defined under prompts (known: {', '.join(cfg.prompts)})")
     if cfg.evaluate.samples > 1 and cfg.evaluate.temperature == 0:
         _fail(source, "evaluate.samples", "samples > 1 needs evaluate.temperature > 0 (greedy samples are identical)")
+    if cfg.train.method == "grpo":
+        _check_grpo(cfg, source)
     if cfg.train.save_steps % cfg.train.eval_steps:
         _fail(source, "train.save_steps", "must be a multiple of train.eval_steps so the best checkpoint "
                                           "by eval loss is always saved")
+
+
+def _check_grpo(cfg: RunConfig, source: str) -> None:
+    t, g = cfg.train, cfg.train.grpo
+    if g.prompt not in cfg.prompts:
+        _fail(source, "train.grpo.prompt", f"{g.prompt!r} is not defined under prompts (known: {', '.join(cfg.prompts)})")
+    if not g.reward_funcs:
+        _fail(source, "train.grpo.reward_funcs", f"needs at least one reward (known: {', '.join(GRPO_REWARDS)})")
+    for i, name in enumerate(g.reward_funcs):
+        if name not in GRPO_REWARDS:
+            _fail(source, f"train.grpo.reward_funcs[{i}]", f"unknown reward {name!r} (known: {', '.join(GRPO_REWARDS)})")
+    if len(g.reward_weights) != len(g.reward_funcs):
+        _fail(source, "train.grpo.reward_weights", f"{len(g.reward_weights)} weight(s) for {len(g.reward_funcs)} "
+                                                   "reward_funcs (fix: one weight per reward function)")
+    batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    if batch % g.num_generations:
+        _fail(source, "train.grpo.num_generations", f"{g.num_generations} must divide per_device_train_batch_size"
+                                                    f" x gradient_accumulation_steps = {batch} (completions per step)")
+    if g.stop_at_step is not None and g.stop_at_step > t.max_steps:
+        _fail(source, "train.grpo.stop_at_step", f"{g.stop_at_step} is past train.max_steps={t.max_steps} "
+                                                 "(fix: stop_at_step <= max_steps)")
 
 
 def config_from_dict(raw: dict, source: str = "params.yaml") -> RunConfig:

@@ -1,0 +1,347 @@
+"""GRPO with a PEFT LoRA adapter (the Tina recipe), through TRL's GRPOTrainer.
+
+Read top to bottom: training problems (prepared GSM8K split, or a local/hub MATH-style set) ->
+leak guard against every test benchmark -> prompts rendered with the chat format named by
+`train.grpo.prompt` -> GRPOConfig from the typed params -> GRPOTrainer with the reward functions
+of tinyreason/rewards.py -> train (resuming from the last complete checkpoint) -> the caller
+saves the adapter. Checkpoints are never chosen on test data: the run's last step is the result.
+
+Public API:
+    train_grpo(cfg, train_file, val_file, checkpoint_dir, live=None, reward_funcs=None) -> sft.TrainResult
+    load_problems(cfg, prepared_train) -> list[dict]        question/answer rows, leak-checked
+    check_no_test_overlap(rows, source, drop=False) -> rows
+    build_dataset(cfg, tokenizer, rows) -> datasets.Dataset  prompt/answer/answer_format columns
+    build_grpo_config(cfg, output_dir) -> trl.GRPOConfig
+    EngineRollout                                           TRL rollout_func on tinyreason.generation
+    StopAtStep                                              the half-cosine trick's stop
+
+What TRL logs (and so DVCLive plots under dvclive/train/plots/metrics/train/):
+    reward, reward_std               weighted total reward (mean, std) -> train/reward.tsv
+    rewards/<name>/mean|std          per reward function              -> train/rewards/<name>/mean.tsv
+    completions/mean_length, .../clipped_ratio (share that hit max_completion_length)
+    kl (when beta > 0), entropy, clip_ratio/*, learning_rate, loss, grad_norm
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from tinyreason import modeling
+from tinyreason.config import RunConfig
+from tinyreason.errors import DataError, TinyReasonError
+
+log = logging.getLogger(__name__)
+
+_QUESTION_FIELDS = ("problem", "question", "prompt", "Question")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def _row_to_problem(row) -> dict | None:
+    """A GSM8K row (question, answer '... #### N') or a MATH-style row (problem, solution, answer)
+    -> {"question", "answer"}; None when malformed. The answer column wins over the solution's box."""
+    from tinyreason.data import split_gsm8k_answer
+    from tinyreason.grading import extract_boxed_answer
+
+    if not isinstance(row, dict):
+        return None
+    question = next((row[f] for f in _QUESTION_FIELDS if isinstance(row.get(f), str) and row[f].strip()), None)
+    if question is None:
+        return None
+    answer = row.get("answer")
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(answer)
+    if isinstance(answer, str) and "####" in answer:
+        parts = split_gsm8k_answer(answer)
+        answer = parts[1] if parts else None
+    if not (isinstance(answer, str) and answer.strip()):
+        solution = row.get("solution")
+        answer = extract_boxed_answer(solution) if isinstance(solution, str) else None
+    if not answer:
+        return None
+    return {"question": question.strip(), "answer": answer.strip()}
+
+
+def _read_rows(spec: str, hub_config: str | None, hub_split: str) -> list:
+    from tinyreason import data
+
+    if data.looks_like_local_path(spec):
+        path = Path(spec)
+        if not path.is_file():
+            raise DataError(f"{spec}: data file not found (fix: set train.grpo.train_path to a JSONL file, a "
+                            "hub dataset id such as knoveleng/open-rs, or null for the prepared GSM8K split)")
+        rows, bad = data.read_jsonl_rows(path)
+        if bad:
+            log.warning("%s: %d line(s) are not valid JSON", spec, bad)
+        return rows
+    return data._load_hub_rows(spec, hub_config, hub_split)
+
+
+def benchmark_question_keys() -> dict[str, str]:
+    """Normalised question -> benchmark, over every benchmark available locally (vendored copies)."""
+    from tinyreason import benchmarks
+    from tinyreason.data import _question_key
+
+    keys: dict[str, str] = {}
+    for name in benchmarks.benchmark_names():
+        spec = benchmarks.get_spec(name)
+        if not spec.path or not (benchmarks.REPO_ROOT / spec.path).is_file():
+            continue  # hub-only (GPQA): not a math training source
+        for problem in benchmarks.load_benchmark(name):
+            keys.setdefault(_question_key(problem.question), name)
+    return keys
+
+
+def check_no_test_overlap(rows: list[dict], source: str, drop: bool = False,
+                          test_keys: dict[str, str] | None = None) -> list[dict]:
+    """Refuse (or, with drop=True, remove) training problems that are test-benchmark problems."""
+    from tinyreason.data import _question_key
+
+    test_keys = benchmark_question_keys() if test_keys is None else test_keys
+    leaked = [(r, test_keys[_question_key(r["question"])]) for r in rows if _question_key(r["question"]) in test_keys]
+    if not leaked:
+        return rows
+    if not drop:
+        row, bench = leaked[0]
+        raise DataError(f"{source}: {len(leaked)} training problem(s) are test-benchmark problems, e.g. "
+                        f"{row['question'][:60]!r} ({bench}) (fix: remove them from the training data, or set "
+                        "train.grpo.drop_test_overlap=true to drop them; test sets must not be trained on)")
+    log.warning("%s: dropped %d training problem(s) that appear in test benchmarks", source, len(leaked))
+    leaked_ids = {id(r) for r, _ in leaked}
+    return [r for r in rows if id(r) not in leaked_ids]
+
+
+def load_problems(cfg: RunConfig, prepared_train: Path) -> list[dict]:
+    """question/answer rows for GRPO: the prepared split or train.grpo.train_path; leak-checked."""
+    g = cfg.train.grpo
+    if g.train_path is None:
+        source = str(prepared_train)
+        if not Path(prepared_train).is_file():
+            raise DataError(f"{prepared_train}: not found (fix: run the prepare stage, or set train.grpo.train_path)")
+        raw = [json.loads(line) for line in Path(prepared_train).read_text().splitlines() if line.strip()]
+    else:
+        source = g.train_path
+        raw = _read_rows(g.train_path, g.hub_config, g.hub_split)
+    rows = [p for p in map(_row_to_problem, raw) if p is not None]
+    if len(rows) < len(raw):
+        log.warning("%s: dropped %d malformed row(s) (need a problem/question and an answer or a boxed "
+                    "solution)", source, len(raw) - len(rows))
+    if not rows:
+        raise DataError(f"{source}: no usable rows (fix: each row needs 'problem' or 'question' and an "
+                        "'answer' (or a solution with \\boxed{{}}))")
+    rows = check_no_test_overlap(rows, source, drop=g.drop_test_overlap)
+    if g.num_samples is not None and g.num_samples < len(rows):
+        rows = random.Random(cfg.seed).sample(rows, g.num_samples)
+    return rows
+
+
+def build_dataset(cfg: RunConfig, tokenizer, rows: list[dict]):
+    """Rendered prompts (chat template + think prefix) with the gold answer and its grading format."""
+    import datasets
+
+    from tinyreason import prompts
+
+    g = cfg.train.grpo
+    prompt_cfg = cfg.prompt(g.prompt)
+    out, too_long = [], 0
+    for row in rows:
+        text = prompts.render_generation_prompt(tokenizer, prompt_cfg, row["question"])
+        if len(tokenizer(text)["input_ids"]) > g.max_prompt_length:
+            too_long += 1
+            continue
+        out.append({"prompt": text, "answer": row["answer"], "answer_format": prompt_cfg.answer_format})
+    if too_long:
+        log.warning("dropped %d prompt(s) longer than train.grpo.max_prompt_length=%d tokens", too_long,
+                    g.max_prompt_length)
+    if not out:
+        raise DataError(f"every prompt is longer than train.grpo.max_prompt_length={g.max_prompt_length} tokens "
+                        "(fix: raise it)")
+    return datasets.Dataset.from_list(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer pieces
+
+
+def build_grpo_config(cfg: RunConfig, output_dir: Path):
+    from trl import GRPOConfig
+
+    t, g = cfg.train, cfg.train.grpo
+    dtype = modeling.compute_dtype(cfg.model)
+    on_cuda = torch.cuda.is_available()
+    if t.optim in ("adamw_8bit", "paged_adamw_8bit") and not on_cuda:
+        raise TinyReasonError(f"train.optim: {t.optim} (bitsandbytes) needs a CUDA GPU (fix: set "
+                              "train.optim=adamw_torch, or run the CPU profile: dvc exp run -S profile=cpu)")
+    scheduler_kwargs = {"min_lr_rate": g.min_lr_rate} if t.lr_scheduler_type == "cosine_with_min_lr" else None
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        lr_scheduler_kwargs=scheduler_kwargs,
+        warmup_steps=t.warmup_steps,
+        optim=t.optim,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        eval_strategy="no",  # checkpoints are not chosen on held-out scores, let alone test ones
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        bf16=on_cuda and dtype == torch.bfloat16,
+        fp16=on_cuda and dtype == torch.float16,
+        use_cpu=not on_cuda,
+        report_to="none",  # DVCLive is attached explicitly
+        dataloader_num_workers=0,
+        # GRPO
+        num_generations=g.num_generations,
+        max_completion_length=g.max_completion_length,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        beta=g.beta,
+        epsilon=g.epsilon,
+        loss_type=g.loss_type,
+        scale_rewards=g.scale_rewards,
+        mask_truncated_completions=g.mask_truncated_completions,
+        reward_weights=list(g.reward_weights),
+        log_completions=g.log_completions,
+    )
+
+
+class StopAtStep(TrainerCallback):
+    """Stop (and save) at `stop_at_step` while the lr schedule was built for `max_steps`."""
+
+    def __init__(self, stop_at_step: int | None):
+        self.stop_at_step = stop_at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop_at_step is not None and state.global_step >= self.stop_at_step:
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+
+class EngineRollout:
+    """TRL `rollout_func` that samples completions with tinyreason.generation's engine.
+
+    TRL hands over the per-process prompts, each already repeated num_generations times; one
+    completion per entry comes back. The engine (static KV cache, CUDA graphs, continuous batching)
+    is built once and reused: it reads the LoRA weights in place, so every optimizer step is seen.
+    """
+
+    def __init__(self, settings, seed: int, max_prompt_length: int):
+        self.g = settings
+        self.seed = seed
+        self.max_prompt_length = max_prompt_length
+        self.engine = None
+        self.calls = 0
+
+    def __call__(self, prompts: list, trainer) -> dict:
+        from tinyreason.generation import GenerationEngine, eos_token_ids_of
+
+        tokenizer = trainer.processing_class
+        prompt_ids = tokenizer(text=list(prompts))["input_ids"]
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        need = max(len(p) for p in prompt_ids) + self.g.max_completion_length
+        if self.engine is None or self.engine.slots < len(prompt_ids) or self.engine.max_seq_len < need:
+            self.engine = GenerationEngine(model, max_batch_size=len(prompt_ids),
+                                           max_seq_len=max(need, self.max_prompt_length + self.g.max_completion_length))
+            self.eos_ids = eos_token_ids_of(model, tokenizer)
+        self.calls += 1
+        completion_ids = self.engine.generate(prompt_ids, self.g.max_completion_length, temperature=self.g.temperature,
+                                              top_p=self.g.top_p, seed=self.seed + 7919 * self.calls,
+                                              eos_token_ids=self.eos_ids)
+        return {"prompt_ids": [list(p) for p in prompt_ids], "completion_ids": [list(c) for c in completion_ids],
+                "logprobs": None}
+
+
+def use_engine(cfg: RunConfig) -> bool:
+    rollout = cfg.train.grpo.rollout
+    if rollout == "auto":
+        return torch.cuda.is_available()
+    return rollout == "engine"
+
+
+def train_grpo(cfg: RunConfig, train_file: Path, val_file: Path | None, checkpoint_dir: Path, live=None,
+               reward_funcs: list | None = None) -> "TrainResult":  # noqa: F821
+    """Run GRPO; resumes from the last complete checkpoint in `checkpoint_dir` when there is one.
+
+    `val_file` is unused (GRPO keeps no eval loss; the last step is the result). `reward_funcs`
+    replaces the params' reward functions (tests' toy tasks); weights then default to 1 each.
+    """
+    from trl import GRPOTrainer
+
+    from tinyreason import rewards
+    from tinyreason.sft import TrainResult, _step_of, last_checkpoint
+    from tinyreason.tracking import LiveMetricsCallback
+
+    g = cfg.train.grpo
+    tokenizer = modeling.load_tokenizer(cfg.model)
+    dataset = build_dataset(cfg, tokenizer, load_problems(cfg, Path(train_file)))
+    args = build_grpo_config(cfg, checkpoint_dir)
+    if reward_funcs is None:
+        reward_funcs, _ = rewards.build_reward_funcs(g)
+    elif len(reward_funcs) != len(g.reward_weights):
+        args.reward_weights = [1.0] * len(reward_funcs)
+    model = modeling.load_base_model(cfg.model, for_training=True)
+    callbacks = [StopAtStep(g.stop_at_step)]
+    if live is not None:
+        callbacks.append(LiveMetricsCallback(live))
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=modeling.lora_config(cfg.train.lora),
+        callbacks=callbacks,
+        rollout_func=EngineRollout(g, cfg.seed, g.max_prompt_length) if use_engine(cfg) else None,
+    )
+    resume = last_checkpoint(checkpoint_dir)
+    if resume:
+        log.info("resuming from %s", resume)
+    output = trainer.train(resume_from_checkpoint=resume)
+    state = trainer.state
+    history = [e for e in state.log_history if "reward" in e]
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    runtime = output.metrics.get("train_runtime", 0.0)
+
+    def last(key):
+        vals = [e[key] for e in history if key in e]
+        return round(float(vals[-1]), 6) if vals else None
+
+    metrics = {
+        "method": "grpo",
+        "steps": state.global_step,
+        "best_eval_loss": None,  # GRPO: no eval loss; the last checkpoint is the result
+        "final_reward": last("reward"),
+        "final_rewards": {name: last(f"rewards/{name}/mean") for name in
+                          [getattr(f, "__name__", str(f)) for f in reward_funcs]},
+        "final_completion_mean_length": last("completions/mean_length"),
+        "final_clipped_ratio": last("completions/clipped_ratio"),
+        "final_kl": last("kl"),
+        "train_runtime_seconds": round(runtime, 2),
+        "train_tokens": int(state.num_input_tokens_seen),
+        "train_tokens_per_second": round(state.num_input_tokens_seen / runtime, 1) if runtime else None,
+        "trainable_parameters": int(trainable),
+        "total_parameters": int(total),
+        "train_problems": len(dataset),
+        "rollout": "engine" if use_engine(cfg) else "trl",
+        "resumed_from_step": _step_of(resume),
+    }
+    return TrainResult(trainer=trainer, metrics=metrics)
