@@ -1,36 +1,103 @@
 """DVC stage `train`: data/prepared/{train,val}.jsonl -> models/adapter/, metrics/train.json,
-dvclive/train/ (loss, eval loss, lr curves). Resumes from checkpoints/<fingerprint>/ after a kill."""
+dvclive/train/ (loss, eval loss, lr curves). Resumes from checkpoints/<fingerprint>/ after a kill.
 
+Outputs appear only when training has finished: dvclive/train is written to a temporary sibling
+(its curves up to the resumed checkpoint are replayed from that checkpoint's log history), then
+models/adapter, dvclive/train and metrics/train.json are renamed into place."""
+
+import json
 import logging
+import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-from tinyreason import sft
+from tinyreason import modeling, sft
 from tinyreason.config import config_to_dict, load_config
 from tinyreason.cost import measure_cost
-from tinyreason.errors import run_stage
+from tinyreason.errors import TinyReasonError, run_stage
 from tinyreason.outputs import atomic_directory, atomic_write_json
 
 TRAIN, VAL = Path("data/prepared/train.jsonl"), Path("data/prepared/val.jsonl")
+log = logging.getLogger("train")
+
+
+def check_inputs(cfg) -> None:
+    """Prepared data exists, and no prompt is too long to leave room for its completion."""
+    for path in (TRAIN, VAL):
+        if not path.is_file():
+            raise TinyReasonError(f"{path}: not found (fix: run the prepare stage, `dvc repro prepare`)")
+    tokenizer = modeling.load_tokenizer(cfg.model)
+    max_length, truncated, total = cfg.train.max_length, 0, 0
+    for path in (TRAIN, VAL):
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                prompt, completion = row["prompt"], row["completion"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise TinyReasonError(f"{path}:{i}: not a prompt/completion row (fix: rerun the prepare "
+                                      "stage, `dvc repro prepare`)") from None
+            n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            if n_prompt >= max_length:
+                raise TinyReasonError(f"{path}:{i}: the prompt is {n_prompt} tokens, longer than "
+                                      f"train.max_length={max_length}, so nothing of its answer would be "
+                                      f"trained on (fix: set train.max_length above {n_prompt})")
+            total += 1
+            truncated += len(tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]) >= max_length
+    if truncated:
+        log.warning("%d of %d training/validation examples are longer than train.max_length=%d and lose "
+                    "the end of their answer (raise train.max_length to keep them whole)",
+                    truncated, total, max_length)
+
+
+def drop_incomplete_checkpoints(checkpoints: Path) -> None:
+    """A checkpoint killed while being written has no (or a truncated) trainer_state.json, which
+    Trainer writes last: remove it, so the run resumes from the newest complete checkpoint."""
+    if not checkpoints.is_dir():
+        return
+    for ckpt in checkpoints.glob("checkpoint-*"):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            log.warning("removing incomplete checkpoint %s (killed while it was written)", ckpt)
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def replay_history(live, checkpoint: str | None) -> None:
+    """Log the curves up to `checkpoint` again: a resumed run's DVCLive directory starts empty."""
+    if not checkpoint:
+        return
+    from tinyreason.tracking import LiveMetricsCallback
+
+    callback = LiveMetricsCallback(live)
+    for entry in json.loads((Path(checkpoint) / "trainer_state.json").read_text())["log_history"]:
+        logs = {k: v for k, v in entry.items() if k != "step"}
+        callback.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=entry["step"]), None, logs=logs)
 
 
 def main() -> None:
     from dvclive import Live
 
     cfg = load_config("params.yaml")
+    check_inputs(cfg)
     checkpoints = sft.checkpoint_dir_for(Path("checkpoints"), cfg, TRAIN, VAL)
-    live = Live("dvclive/train", dvcyaml=None, save_dvc_exp=False, report=None)
-    with measure_cost(cfg.cost.usd_per_gpu_hour) as cost:
-        if cfg.train.method == "grpo":  # RL with TRL's GRPOTrainer + LoRA (tinyreason/grpo.py)
-            from tinyreason import grpo
+    drop_incomplete_checkpoints(checkpoints)
+    with atomic_directory("dvclive/train") as live_dir:
+        live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+        replay_history(live, sft.last_checkpoint(checkpoints))
+        with measure_cost(cfg.cost.usd_per_gpu_hour) as cost:
+            if cfg.train.method == "grpo":  # RL with TRL's GRPOTrainer + LoRA (tinyreason/grpo.py)
+                from tinyreason import grpo
 
-            result = grpo.train_grpo(cfg, TRAIN, VAL, checkpoints, live=live)
-        else:
-            result = sft.train_sft(cfg, TRAIN, VAL, checkpoints, live=live)
-    with atomic_directory("models/adapter") as out:
-        result.trainer.save_model(str(out))  # the best checkpoint's LoRA weights (safetensors)
-        result.trainer.processing_class.save_pretrained(str(out))
-        atomic_write_json(out / "params.json", config_to_dict(cfg))
+                result = grpo.train_grpo(cfg, TRAIN, VAL, checkpoints, live=live)
+            else:
+                result = sft.train_sft(cfg, TRAIN, VAL, checkpoints, live=live)
+        with atomic_directory("models/adapter") as out:
+            result.trainer.save_model(str(out))  # the best checkpoint's LoRA weights (safetensors)
+            result.trainer.processing_class.save_pretrained(str(out))
+            atomic_write_json(out / "params.json", config_to_dict(cfg))
     metrics = {**result.metrics, "cost": cost}
     atomic_write_json("metrics/train.json", metrics)
     print(f"train: {metrics['steps']} steps, best eval loss {metrics['best_eval_loss']}, "

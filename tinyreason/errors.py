@@ -19,11 +19,18 @@ class DataError(TinyReasonError):
 
 def run_stage(main) -> int:
     """Run a stage's main(); a TinyReasonError becomes one line on stderr and exit code 2."""
+    import errno
     import sys
 
     try:
         main()
     except TinyReasonError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk anywhere (checkpoints, caches): one line, not a traceback
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: {exc.filename or 'an output'}: no space left on device (fix: free disk space, "
+              "then rerun the stage; a killed train stage resumes from its last checkpoint)", file=sys.stderr)
         return 2
     return 0

@@ -1,14 +1,29 @@
 """Atomic outputs: everything is written to a temporary sibling and renamed when complete, so a
-killed stage never leaves a file or directory that looks finished (and that DVC would cache)."""
+killed stage never leaves a file or directory that looks finished (and that DVC would cache).
+
+A full disk (ENOSPC/EDQUOT) becomes a one-line `TinyReasonError` naming the output; the partial
+temporary file or directory is removed, and an existing output is left as it was.
+"""
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from tinyreason.errors import TinyReasonError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(path, exc: OSError) -> TinyReasonError:
+    return TinyReasonError(f"{path}: no space left on device while writing ({exc.strerror or exc}) "
+                           "(fix: free disk space, then rerun the stage; nothing was written)")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -21,8 +36,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise disk_full_error(path, exc) from None
         raise
 
 
@@ -39,12 +56,33 @@ def atomic_directory(path: str | Path):
     """Yields a temporary directory; on success it replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise disk_full_error(path, exc) from None
         raise
     if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+        # Move the old output aside in one rename, so a kill never leaves a half-deleted `path`.
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+        os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """Delete what a killed writer of `path` left behind (`.<name>.*.tmp` / `.old` siblings)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for pattern in (f".{glob.escape(path.name)}.*.tmp", f".{glob.escape(path.name)}.*.old"):
+        for stale in path.parent.glob(pattern):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
