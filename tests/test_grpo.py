@@ -226,12 +226,24 @@ def test_engine_rollouts_learn_too(toy_setup, one_thread):
 
     root, model_dir, train_path = toy_setup
     steps = 16
-    cfg = toy_config(model_dir, train_path, steps, rollout="engine")
-    result = train_grpo(cfg, train_path, None, root / "ckpt-engine", reward_funcs=[share_of_a])
+    from dvclive import Live
+
+    cfg = toy_config(model_dir, train_path, steps, rollout="engine", beta=0.04)
+    live = Live(str(root / "dvclive"), dvcyaml=None, save_dvc_exp=False, report=None)
+    result = train_grpo(cfg, train_path, None, root / "ckpt-engine", live=live, reward_funcs=[share_of_a])
     rewards = [e["reward"] for e in result.trainer.state.log_history if "reward" in e]
     print("toy GRPO (engine rollouts) reward curve:", [round(r, 3) for r in rewards])
     assert result.metrics["rollout"] == "engine" and len(rewards) == steps
     assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.3
+    # DVCLive: every GRPO plot file that dvc.yaml names (reward, length, clipped share, KL, lr) is written
+    plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    files = [f for p in plots for title, spec in p.items() if title.startswith("grpo") for f in spec["y"]]
+    files.append("dvclive/train/plots/metrics/train/learning_rate.tsv")
+    for f in files:
+        if "/rewards/" in f:  # per-function curves: the toy run's function is share_of_a
+            f = f.split("/rewards/")[0] + "/rewards/share_of_a/mean.tsv"
+        path = root / f.replace("dvclive/train/", "dvclive/", 1)
+        assert path.is_file() and len(path.read_text().splitlines()) == steps + 1, f
 
 
 def test_stop_at_step_keeps_the_longer_schedule(toy_setup, one_thread):
@@ -247,3 +259,93 @@ def test_stop_at_step_keeps_the_longer_schedule(toy_setup, one_thread):
     # step 3, far above the floor: the run ends with the lr cut about halfway, as in Tina
     assert lrs[-1] == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 8))), rel=0.02)
     assert (root / "ckpt-stop" / "checkpoint-4").is_dir()  # the stop step is saved
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipe presets (recipes/*.yaml) and `tinyreason recipe NAME --dry-run`
+
+EXPECTED_PRESETS = {  # name: (dataset, max_steps, stop, per-device batch, generations, lr, rank, rewards)
+    "open-rs1": ("knoveleng/open-s1", 5000, 2400, 4, 4, 1e-6, 32, ["format", "accuracy"]),
+    "open-rs2": ("knoveleng/open-rs", 1500, 850, 6, 6, 1e-6, 32, ["format", "accuracy"]),
+    "open-rs3": ("knoveleng/open-rs", 1500, 850, 6, 6, 1e-6, 32, ["format", "cosine"]),
+    "still-3": ("RUC-AIBOX/STILL-3-Preview-RL-Data", 7500, 3750, 4, 4, 1e-6, 32, ["length", "accuracy"]),
+    "deepscaler": ("agentica-org/DeepScaleR-Preview-Dataset", 11000, 5500, 4, 4, 1e-6, 32, ["format", "accuracy"]),
+    "limr": ("GAIR/LIMR", 360, 180, 4, 4, 1e-6, 32, ["format", "accuracy"]),
+    "limr-lr-large": ("GAIR/LIMR", 360, 180, 4, 4, 5e-6, 32, ["format", "accuracy"]),
+    "limr-lr-small": ("GAIR/LIMR", 360, 180, 4, 4, 5e-7, 32, ["format", "accuracy"]),
+    "limr-rank-tiny": ("GAIR/LIMR", 360, 180, 4, 4, 1e-6, 4, ["format", "accuracy"]),
+    "limr-rank-small": ("GAIR/LIMR", 360, 180, 4, 4, 1e-6, 8, ["format", "accuracy"]),
+    "limr-rank-medium": ("GAIR/LIMR", 360, 180, 4, 4, 1e-6, 16, ["format", "accuracy"]),
+    "limr-rank-large": ("GAIR/LIMR", 360, 180, 4, 4, 1e-6, 128, ["format", "accuracy"]),
+    "dr-grpo": ("knoveleng/open-rs", 1500, 850, 6, 6, 1e-6, 32, ["format", "cosine"]),
+}
+
+
+def test_every_tina_preset_exists_and_validates():
+    from tinyreason import grpo
+
+    assert sorted(grpo.recipe_names()) == sorted(EXPECTED_PRESETS)
+    for name, (ds, steps, stop, bs, gens, lr, rank, funcs) in EXPECTED_PRESETS.items():
+        params = grpo.load_recipe(name)["params"]
+        cfg = config_from_dict(_deep_merge(repo_params(), params), source=f"recipes/{name}.yaml")
+        t, g = cfg.train, cfg.train.grpo
+        assert (g.train_path, t.max_steps, g.stop_at_step) == (ds, steps, stop), name
+        assert stop / steps == pytest.approx(0.5, abs=0.08), name  # the half-cosine trick
+        assert (t.per_device_train_batch_size, g.num_generations, t.learning_rate, t.lora.r) == (bs, gens, lr, rank)
+        assert t.lora.alpha == 4 * rank and t.lora.dropout == 0.05 and len(t.lora.target_modules) == 7
+        assert t.gradient_accumulation_steps == 8  # Tina: 4 x 2 GPUs
+        assert t.lr_scheduler_type == "cosine_with_min_lr" and g.min_lr_rate == 0.1
+        assert t.warmup_steps == math.ceil(0.1 * steps)  # warmup_ratio 0.1
+        assert (g.beta, g.temperature, g.max_completion_length, g.max_prompt_length) == (0.04, 0.7, 3584, 512)
+        assert g.reward_funcs == funcs and g.reward_weights == [1.0, 2.0]
+        assert cfg.model.name_or_path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" and cfg.seed == 42
+        assert g.prompt == ("tina_open_rs" if ds == "knoveleng/open-rs" else "tina_open_r1")
+        expected_loss = ("bnpo", "none") if name == "dr-grpo" else ("grpo", "group")
+        assert (g.loss_type, g.scale_rewards) == expected_loss, name
+        if "cosine" in funcs:
+            assert g.cosine_max_len == 3584
+
+
+def test_recipe_dry_run_prints_the_dvc_command(capsys):
+    from tinyreason.cli import main
+
+    assert main(["recipe", "open-rs3", "--dry-run", "--params", str(REPO / "params.yaml")]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("dvc exp run -n tina-open-rs3 ")
+    for flag in ["-S train.method=grpo", "-S train.max_steps=1500", "-S train.grpo.stop_at_step=850",
+                 "-S train.warmup_steps=150", "-S train.learning_rate=1e-06",
+                 "-S train.lr_scheduler_type=cosine_with_min_lr", "-S train.grpo.min_lr_rate=0.1",
+                 "-S 'train.grpo.reward_funcs=[format,cosine]'", "-S 'train.grpo.reward_weights=[1.0,2.0]'",
+                 "-S train.grpo.cosine_max_len=3584", "-S train.grpo.train_path=knoveleng/open-rs",
+                 "-S train.lora.r=32", "-S train.lora.alpha=128", "-S train.grpo.num_generations=6",
+                 "-S train.per_device_train_batch_size=6", "-S train.gradient_accumulation_steps=8"]:
+        assert flag in line, flag
+    assert main(["recipe", "dr-grpo", "--dry-run"]) == 0
+    line = capsys.readouterr().out
+    assert "-S train.grpo.loss_type=bnpo" in line and "-S train.grpo.scale_rewards=none" in line
+
+
+def test_recipe_flags_applied_by_dvc_give_the_preset_config(tmp_path):
+    """The -S flags, applied by DVC's own override code to a copy of params.yaml, load to the same config."""
+    import shutil
+
+    from dvc.utils.hydra import apply_overrides
+
+    from tinyreason import grpo
+    from tinyreason.config import load_config
+
+    for name in ("open-rs3", "still-3", "limr-rank-large"):
+        params = tmp_path / f"{name}.yaml"
+        shutil.copy(REPO / "params.yaml", params)
+        cmd = grpo.recipe_command(name, REPO / "params.yaml")
+        apply_overrides(params, [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"])
+        direct = config_from_dict(_deep_merge(repo_params(), grpo.load_recipe(name)["params"]))
+        assert load_config(params) == direct, name
+
+
+def test_unknown_recipe_is_one_line(capsys):
+    from tinyreason.cli import main
+
+    assert main(["recipe", "nope", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "recipe 'nope'" in err and "open-rs3" in err and err.count("\n") == 1

@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tinyreason import chat
 
     chat.add_parser(sub)  # chat, solve
+    from tinyreason import grpo
+
+    grpo.add_parser(sub)  # recipe (Tina GRPO presets)
     return parser
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -299,6 +300,8 @@ def train_grpo(cfg: RunConfig, train_file: Path, val_file: Path | None, checkpoi
     elif len(reward_funcs) != len(g.reward_weights):
         args.reward_weights = [1.0] * len(reward_funcs)
     model = modeling.load_base_model(cfg.model, for_training=True)
+    if use_engine(cfg):  # rollout_func is marked experimental in TRL 1.16; we pin and test it
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     callbacks = [StopAtStep(g.stop_at_step)]
     if live is not None:
         callbacks.append(LiveMetricsCallback(live))
@@ -345,3 +348,107 @@ def train_grpo(cfg: RunConfig, train_file: Path, val_file: Path | None, checkpoi
         "resumed_from_step": _step_of(resume),
     }
     return TrainResult(trainer=trainer, metrics=metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipe presets (recipes/*.yaml) -> one `dvc exp run -S key=value ...` command
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def recipe_names(directory: Path = RECIPES_DIR) -> list[str]:
+    """Presets (files that have `extends:`, i.e. everything but the shared base)."""
+    import yaml
+
+    return sorted(p.stem for p in Path(directory).glob("*.yaml") if "extends" in (yaml.safe_load(p.read_text()) or {}))
+
+
+def load_recipe(name: str, directory: Path = RECIPES_DIR) -> dict:
+    """The preset's params overlay, with its `extends:` chain merged in (base first)."""
+    import yaml
+
+    from tinyreason.config import _deep_merge
+
+    path = Path(directory) / f"{name}.yaml"
+    if not path.is_file():
+        raise TinyReasonError(f"recipe {name!r}: no {path} (known: {', '.join(recipe_names(directory))})")
+    raw = yaml.safe_load(path.read_text()) or {}
+    params = raw.get("params") or {}
+    if raw.get("extends"):
+        params = _deep_merge(load_recipe(raw["extends"], directory)["params"], params)
+    return {"name": name, "description": raw.get("description", ""), "source": raw.get("source", ""),
+            "params": params}
+
+
+def flatten_params(params: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested overlay -> (dotted key, value) pairs in file order; lists stay whole values."""
+    out = []
+    for key, value in params.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.extend(flatten_params(value, dotted + "."))
+        else:
+            out.append((dotted, value))
+    return out
+
+
+def _hydra_value(value) -> str:
+    """A value in Hydra override syntax (what `dvc exp run -S` parses)."""
+    import re
+
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    text = str(value)
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./:-]*", text) and text not in ("null", "true", "false"):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def recipe_command(name: str, params_path: Path | str = "params.yaml", directory: Path = RECIPES_DIR,
+                   extra: list[str] | None = None) -> list[str]:
+    """Validate the preset against config.py (merged over params_path) and build its dvc command."""
+    import yaml
+
+    from tinyreason.config import _deep_merge, config_from_dict
+
+    recipe = load_recipe(name, directory)
+    base = yaml.safe_load(Path(params_path).read_text()) if Path(params_path).is_file() else {}
+    config_from_dict(_deep_merge(base or {}, recipe["params"]), source=f"recipes/{name}.yaml over {params_path}")
+    cmd = ["dvc", "exp", "run", "-n", f"tina-{name}"]
+    for key, value in flatten_params(recipe["params"]):
+        cmd += ["-S", f"{key}={_hydra_value(value)}"]
+    return cmd + list(extra or [])
+
+
+def _run_recipe(args) -> int:
+    import shlex
+    import subprocess
+
+    if args.list or not args.name:
+        for name in recipe_names():
+            print(f"{name:18s} {load_recipe(name)['description']}")
+        return 0
+    cmd = recipe_command(args.name, args.params, extra=args.dvc_args)
+    print(shlex.join(cmd))
+    if args.dry_run:
+        return 0
+    return subprocess.call(cmd)
+
+
+def add_parser(subparsers) -> None:
+    """`tinyreason recipe NAME [--dry-run]`: run a Tina preset (recipes/NAME.yaml) as a DVC experiment."""
+    p = subparsers.add_parser("recipe", help="run a Tina GRPO preset (recipes/*.yaml) as a DVC experiment",
+                              description="Turn recipes/NAME.yaml into `dvc exp run -n tina-NAME -S key=value ...` "
+                                          "(validated against params.yaml first) and run it.")
+    p.add_argument("name", nargs="?", help="preset name (see --list)")
+    p.add_argument("--dry-run", action="store_true", help="print the dvc command, do not run it")
+    p.add_argument("--list", action="store_true", help="list the presets")
+    p.add_argument("--params", default="params.yaml", help="params file the overlay is validated over")
+    p.add_argument("dvc_args", nargs="*", help="extra arguments for dvc exp run (after --)")
+    p.set_defaults(func=_run_recipe)
