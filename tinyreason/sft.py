@@ -224,30 +224,36 @@ class PaddingFreeCollator:
     next-token target within its own sequence (-100 at a sequence's last token and on the prompt);
     Trainer counts it for `num_items_in_batch`, exactly the count TRL's padded batches give.
     `loss_index`/`loss_target` list the positions that carry a target, computed here on the CPU so
-    the loss needs no device-to-host sync.
+    the loss needs no device-to-host sync. `padding_free=False` gives right-padded rows with an
+    attention mask instead (same targets), for comparison.
     """
 
     pad_token_id: int
+    padding_free: bool = True
 
     def __call__(self, examples: list[dict]) -> dict:
-        ids, positions, labels, shifted = [], [], [], []
+        rows = []
         for ex in examples:
             x = list(ex["input_ids"])
             y = list(ex.get("labels", x))
-            ids += x
-            positions += range(len(x))
-            labels += [-100] + y[1:]
-            shifted += y[1:] + [-100]
-        shift = torch.tensor(shifted, dtype=torch.long)
-        index = (shift != -100).nonzero().flatten()
-        return {
-            "input_ids": torch.tensor(ids, dtype=torch.long)[None],
-            "position_ids": torch.tensor(positions, dtype=torch.long)[None],
-            "labels": torch.tensor(labels, dtype=torch.long)[None],
-            "shift_labels": shift[None],
-            "loss_index": index,
-            "loss_target": shift[index],
-        }
+            rows.append((x, [-100] + y[1:], y[1:] + [-100]))
+        if self.padding_free:
+            ids = [t for x, _, _ in rows for t in x]
+            batch = {"input_ids": torch.tensor([ids], dtype=torch.long),
+                     "position_ids": torch.tensor([[i for x, _, _ in rows for i in range(len(x))]], dtype=torch.long),
+                     "labels": torch.tensor([[t for _, y, _ in rows for t in y]], dtype=torch.long),
+                     "shift_labels": torch.tensor([[t for _, _, s in rows for t in s]], dtype=torch.long)}
+        else:
+            width = max(len(x) for x, _, _ in rows)
+            pad = [width - len(x) for x, _, _ in rows]
+            batch = {"input_ids": torch.tensor([x + [self.pad_token_id] * n for (x, _, _), n in zip(rows, pad)]),
+                     "attention_mask": torch.tensor([[1] * len(x) + [0] * n for (x, _, _), n in zip(rows, pad)]),
+                     "labels": torch.tensor([y + [-100] * n for (_, y, _), n in zip(rows, pad)]),
+                     "shift_labels": torch.tensor([s + [-100] * n for (_, _, s), n in zip(rows, pad)])}
+        flat = batch["shift_labels"].flatten()
+        index = (flat != -100).nonzero().flatten()
+        batch.update(loss_index=index, loss_target=flat[index])
+        return batch
 
 
 _LEAN_KEYS = ("labels", "shift_labels", "loss_index", "loss_target")
@@ -382,8 +388,13 @@ def _plan_for(cfg: RunConfig, checkpoint_dir: Path, resume: str | None, tokenize
     return plan
 
 
-def train_sft(cfg: RunConfig, train_file: Path, val_file: Path, checkpoint_dir: Path, live=None) -> TrainResult:
-    """Run SFT; resumes from the last complete checkpoint in `checkpoint_dir` when there is one."""
+def train_sft(cfg: RunConfig, train_file: Path, val_file: Path, checkpoint_dir: Path, live=None, *,
+              callbacks: list | None = None, plan: SpeedPlan | None = None) -> TrainResult:
+    """Run SFT; resumes from the last complete checkpoint in `checkpoint_dir` when there is one.
+
+    `callbacks` are extra transformers TrainerCallbacks; `plan` overrides the speed plan (bench/sft.py
+    uses both to time steps and to measure one change at a time).
+    """
     from trl import SFTTrainer
 
     from tinyreason.tracking import LiveMetricsCallback
@@ -391,15 +402,15 @@ def train_sft(cfg: RunConfig, train_file: Path, val_file: Path, checkpoint_dir: 
     tokenizer = modeling.load_tokenizer(cfg.model)
     train_ds, val_ds = read_prompt_completion(train_file), read_prompt_completion(val_file)
     resume = last_checkpoint(checkpoint_dir)
-    plan = _plan_for(cfg, checkpoint_dir, resume, tokenizer, train_ds)
+    plan = plan or _plan_for(cfg, checkpoint_dir, resume, tokenizer, train_ds)
     log.info("train.speed=%s: %s", plan.speed, plan)
     args = build_sft_config(cfg, checkpoint_dir, plan)
     model = modeling.load_base_model(dataclasses.replace(cfg.model, load_in_4bit=plan.load_in_4bit),
                                      for_training=True)
     trainer_cls = _fast_trainer_class() if plan.lean_loss else SFTTrainer
     extra = {}
-    if plan.padding_free:
-        extra["data_collator"] = PaddingFreeCollator(pad_token_id=tokenizer.pad_token_id)
+    if plan.lean_loss:
+        extra["data_collator"] = PaddingFreeCollator(tokenizer.pad_token_id, padding_free=plan.padding_free)
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -407,7 +418,7 @@ def train_sft(cfg: RunConfig, train_file: Path, val_file: Path, checkpoint_dir: 
         eval_dataset=val_ds,
         processing_class=tokenizer,
         peft_config=modeling.lora_config(cfg.train.lora),
-        callbacks=[LiveMetricsCallback(live)] if live is not None else None,
+        callbacks=([LiveMetricsCallback(live)] if live is not None else []) + list(callbacks or []) or None,
         **extra,
     )
     if plan.pure_bf16:
