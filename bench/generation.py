@@ -102,6 +102,7 @@ def run_engine(model, prompts, budgets, slots, warm=True, **kw):
     peak_reset()
     t0 = time.perf_counter()
     max_len = max(len(p) + b for p, b in zip(prompts, budgets))
+    kw.setdefault("fuse_weights", True)
     eng = GenerationEngine(model, max_batch_size=slots, max_seq_len=max_len, **kw)
     if warm:
         eng.warmup()
@@ -179,7 +180,8 @@ def step_variants(model, slots, ctx, L=768, profile=False):
     from torch.profiler import ProfilerActivity, profile as tprofile
 
     out = {}
-    variants = [("flash+compile", dict(attn_impl="flash", compile=True)),
+    variants = [("flash+compile+fused", dict(attn_impl="flash", compile=True, fuse_weights=True)),
+                ("flash+compile", dict(attn_impl="flash", compile=True)),
                 ("flash", dict(attn_impl="flash", compile=False)),
                 ("sdpa+compile", dict(attn_impl="sdpa", compile=True))]
     for name, kw in variants:
@@ -215,7 +217,7 @@ def step_variants(model, slots, ctx, L=768, profile=False):
         out[name] = min(ms)
         print(f"step B={slots} ctx={ctx} {name:14s} {min(ms):6.2f} ms  ({slots/min(ms)*1e3:,.0f} tok/s; "
               f"host per replay {host:.2f} ms; build+compile+capture {build:.1f}s)")
-        if profile and name == "flash+compile":
+        if profile and name == "flash+compile+fused":
             with tprofile(activities=[ProfilerActivity.CUDA]) as prof:
                 for _ in range(5):
                     eng._decode(kv, True)
@@ -223,6 +225,45 @@ def step_variants(model, slots, ctx, L=768, profile=False):
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
         del eng
         torch.cuda.empty_cache()
+    return out
+
+
+@torch.inference_mode()
+def prefill_bench(model, lengths, profile=False):
+    """Time one prefill call (GPU events and host wall) for n prompts of GSM8K lengths."""
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    out = {}
+    for n in (48, 256):
+        for fused in (True,):
+            eng = GenerationEngine(model, max_batch_size=n, max_seq_len=768, fuse_weights=fused)
+            prompts = make_prompts(lengths[:n], seed=n)
+            slots = list(range(n))
+            for _ in range(2):
+                eng._prefill(slots, prompts)
+            sync()
+            ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            t0 = time.perf_counter()
+            ev0.record()
+            for _ in range(3):
+                eng._prefill(slots, prompts)
+            ev1.record()
+            host = (time.perf_counter() - t0) / 3 * 1e3
+            sync()
+            wall = (time.perf_counter() - t0) / 3 * 1e3
+            gpu = ev0.elapsed_time(ev1) / 3
+            toks = sum(map(len, prompts))
+            out[str(n)] = {"wall_ms": round(wall, 1), "gpu_ms": round(gpu, 1), "host_ms": round(host, 1), "tokens": toks}
+            print(f"prefill n={n} ({toks} tokens, fused={fused}): wall {wall:.1f} ms, gpu {gpu:.1f} ms, "
+                  f"host launch {host:.1f} ms, {toks/wall*1e3:,.0f} tok/s")
+            if profile and n == 48:
+                with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    eng._prefill(slots, prompts)
+                    sync()
+                print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+                print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=60))
+            del eng
+            torch.cuda.empty_cache()
     return out
 
 
@@ -303,6 +344,7 @@ def main():
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--hf-new-tokens", type=int, default=None, help="HF runs shorter (default: same)")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--workload-only", action="store_true")
     ap.add_argument("--profile", action="store_true", help="print a kernel table of eager decode steps")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
     args = ap.parse_args()
@@ -334,13 +376,25 @@ def main():
     print(f"model built in {time.perf_counter()-t0:.1f}s, "
           f"{sum(p.numel() for p in model.parameters())/1e9:.3f}B params")
 
+    if args.workload_only:
+        args.batches = ""
+    else:
+        run_checks(args, res, model, shuffled)
+    run_batches(args, res, model, shuffled, bw, flops, hf_new)
+    run_workload(args, res, model, lengths_all)
+    write_results(args, res, out_dir, gpu)
+
+
+def run_checks(args, res, model, shuffled):
     res["fp32_engine_vs_hf_first_divergence"] = check_fp32_exact()
     res["logits_rel_err_vs_hf"] = check_numerics(model, make_prompts(shuffled[:8], seed=98))
+    res["prefill"] = prefill_bench(model, shuffled, profile=args.profile)
     res["step_ms"] = {}
     for B in [int(x) for x in args.batches.split(",")]:
         res["step_ms"][str(B)] = step_variants(model, B, ctx=350, profile=args.profile and B == 256)
 
-    # The CUDA-graph decode must give exactly the eager engine's tokens (same kernels).
+    # CUDA graph + compiled decode vs the eager, uncompiled engine (same attention): compiled
+    # elementwise kernels round differently in bf16, so this reports where greedy tokens part.
     chk = make_prompts(shuffled[:8], seed=99)
     g = GenerationEngine(model, max_batch_size=8, max_seq_len=400).generate(chk, 160)
     e = GenerationEngine(model, max_batch_size=8, max_seq_len=400, use_cuda_graph=False).generate(chk, 160)
@@ -348,7 +402,9 @@ def main():
     print(f"graph+compile decode == eager uncompiled decode (same attention): {g == e} (first divergence {div_stats(g, e)})")
     torch.cuda.empty_cache()
 
-    for B in [int(x) for x in args.batches.split(",")]:
+
+def run_batches(args, res, model, shuffled, bw, flops, hf_new):
+    for B in [int(x) for x in args.batches.split(",") if x]:
         lens = shuffled[:B]
         prompts = make_prompts(lens, seed=B)
         r = {"batch": B, "prompt_tokens_mean": round(sum(lens) / B, 1)}
@@ -373,6 +429,9 @@ def main():
         res["batches"][str(B)] = r
         torch.cuda.empty_cache()
 
+
+
+def run_workload(args, res, model, lengths_all):
     # Full GSM8K-test workload: 1319 prompts, outputs capped at 512.
     prompts = make_prompts(lengths_all, seed=1319)
     lr = random.Random(7)
@@ -397,6 +456,9 @@ def main():
                   f"on first use), {ntok:,} tokens, {ntok/total:,.0f} tok/s, peak {peak:.1f} GiB; {stats}")
             torch.cuda.empty_cache()
 
+
+
+def write_results(args, res, out_dir, gpu):
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
     tag = "quick" if args.quick else stamp
     jpath = out_dir / f"generation-{tag}.json"
@@ -405,14 +467,16 @@ def main():
           f"torch {res['torch']}, transformers {res['transformers']}; random Qwen2.5-1.5B bf16; "
           f"greedy; {args.new_tokens} new tokens; {res['stopping']}.",
           f"Measured device: copy {res['device_copy_GBps']} GB/s, bf16 matmul {res['device_bf16_matmul_TFLOPs']} TFLOP/s.",
-          "", "| batch | HF generate tok/s | engine tok/s | ratio | floor tok/s | HF peak GiB | engine peak GiB | first divergence (min/median) |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "", "| batch | HF generate tok/s | engine tok/s | ratio | floor tok/s | HF peak GiB | engine peak GiB | engine build+compile+capture s | first divergence (min/median) |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for B, r in res["batches"].items():
         hf = r.get("hf_generate", {})
         dv = r.get("greedy_first_divergence_vs_hf", {})
         md.append(f"| {B} | {hf.get('tok_s', '-')} | {r['engine']['tok_s']} | {r.get('speedup', '-')} | "
                   f"{r['floor_tok_s']} | {hf.get('peak_GiB', '-')} | {r['engine']['peak_GiB']} | "
+                  f"{r['engine']['build_and_capture_s']} | "
                   f"{dv.get('min', '-')}/{dv.get('median', '-')} |")
+    cap = res["workload"]["cap"]
     md += ["", f"1319-prompt GSM8K-test workload (cap {cap}; realistic lengths mean "
                f"{res['workload']['realistic_lengths']['mean']}, {res['workload']['realistic_lengths']['at_cap']} at cap), "
                "wall-clock incl. engine build and CUDA-graph capture:", "",

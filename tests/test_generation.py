@@ -73,6 +73,25 @@ def test_engine_greedy_matches_hf_generate_mixed_lengths():
     assert got == ref
 
 
+def test_fused_weights_match_hf_generate():
+    model = tiny_qwen2()
+    prompts = random_prompts(5, 2, 19, seed=6)
+    ref = hf_greedy(model, prompts, max_new=12)
+    engine = GenerationEngine(model, max_batch_size=4, max_seq_len=48, kv_bucket=16, fuse_weights=True)
+    assert engine.fused is not None
+    assert engine.generate(prompts, 12) == ref
+
+
+def test_packed_prefill_matches_hf_generate():
+    model = tiny_qwen2()
+    prompts = random_prompts(9, 1, 21, seed=7)
+    ref = hf_greedy(model, prompts, max_new=10)
+    # prefill_tokens=40: several packed chunks per refill
+    engine = GenerationEngine(model, max_batch_size=5, max_seq_len=48, kv_bucket=16, prefill_packed=True,
+                              prefill_tokens=40, min_refill=2)
+    assert engine.generate(prompts, 10) == ref
+
+
 def test_continuous_batching_more_prompts_than_slots():
     model = tiny_qwen2()
     prompts = random_prompts(11, 1, 17, seed=2)

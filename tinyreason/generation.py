@@ -148,19 +148,6 @@ def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-# separate code objects for the dynamic-shape (prefill) compiles
-def _add_rms_p(h, delta, weight, eps):
-    return _add_rms(h, delta, weight, eps)
-
-
-def _rope_p(q, k, cos, sin):
-    return _rope(q, k, cos, sin)
-
-
-def _silu_mul_p(gate, up):
-    return _silu_mul(gate, up)
-
-
 _FLASH_OK: dict[tuple, bool] = {}
 
 
@@ -210,12 +197,19 @@ class GenerationEngine:
         kv_bucket: see attn_impl="sdpa"; also the rounding of max_seq_len.
         sync_every: decode steps between host syncs (stop checks and slot refills happen there).
         prefill_tokens: padded-token budget of one prefill forward.
+        min_refill: refill freed slots once this many are free (default slots // 8).
+        fuse_weights: keep concatenated copies of q/k/v and gate/up weights so each is one GEMM
+            (plain nn.Linear layers only; costs that much extra memory, ~1.7 GB for 1.5B). The
+            copies are taken once: only for an engine that does not outlive weight updates
+            (evaluation); GRPO with unmerged LoRA gets no fusion anyway.
+        prefill_packed: prefill prompts back to back without padding (default with flash).
     """
 
     def __init__(self, model, max_batch_size: int = 256, max_seq_len: int = 2048,
                  use_cuda_graph: bool | None = None, compile: bool | None = None,
                  attn_impl: str | None = None, kv_bucket: int = 128, sync_every: int = 16,
-                 prefill_tokens: int = 16384, min_refill: int | None = None):
+                 prefill_tokens: int = 16384, min_refill: int | None = None,
+                 fuse_weights: bool = False, prefill_packed: bool | None = None):
         self.model = model
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.body = base.model
@@ -247,6 +241,8 @@ class GenerationEngine:
         if attn_impl not in ("flash", "sdpa"):
             raise ValueError(f"attn_impl must be 'flash' or 'sdpa', not {attn_impl!r}")
         self.attn_impl = attn_impl
+        # packed (padding-free) prefill: FlashAttention varlen on CUDA; else a per-sequence loop
+        self.prefill_packed = (attn_impl == "flash") if prefill_packed is None else bool(prefill_packed)
         # Fast paths need known module semantics; otherwise the HF modules are called as they are.
         norms = [self.body.norm] + [m for l in self.layers for m in (l.input_layernorm, l.post_attention_layernorm)]
         self.fast_norm = all(type(m).__name__ in _FAST_NORMS for m in norms)
@@ -259,16 +255,29 @@ class GenerationEngine:
             self._c_add_rms = torch.compile(_add_rms, dynamic=False, fullgraph=True)
             self._c_rope = torch.compile(_rope, dynamic=False, fullgraph=True)
             self._c_silu_mul = torch.compile(_silu_mul, dynamic=False, fullgraph=True)
-            # prefill shapes vary: one dynamic-shape compile each
-            self._p_add_rms = torch.compile(_add_rms_p, dynamic=True, fullgraph=True)
-            self._p_rope = torch.compile(_rope_p, dynamic=True, fullgraph=True)
-            self._p_silu_mul = torch.compile(_silu_mul_p, dynamic=True, fullgraph=True)
             # every (slots, dtype) decode shape is one more compiled variant of the same functions
             import torch._dynamo as _dynamo
             _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
         else:
             self._c_add_rms, self._c_rope, self._c_silu_mul = _add_rms, _rope, _silu_mul
-            self._p_add_rms, self._p_rope, self._p_silu_mul = _add_rms, _rope, _silu_mul
+        # Prefill stays eager: it is GEMM-bound, and dynamic-shape compiles cost ~10 s cold.
+        self._p_add_rms, self._p_rope, self._p_silu_mul = _add_rms, _rope, _silu_mul
+        self.fused: list[tuple] | None = None
+        plain = all(type(m) is torch.nn.Linear for l in self.layers for m in
+                    (l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj))
+        plain_mlp = self.fast_mlp and all(type(m) is torch.nn.Linear for l in self.layers
+                                          for m in (l.mlp.gate_proj, l.mlp.up_proj))
+        if fuse_weights and plain and plain_mlp and not any(hasattr(l.self_attn, "q_norm") for l in self.layers):
+            with torch.no_grad():
+                self.fused = []
+                for l in self.layers:
+                    a, mlp = l.self_attn, l.mlp
+                    qkv_b = None
+                    if a.q_proj.bias is not None:
+                        qkv_b = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
+                    self.fused.append((torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), qkv_b,
+                                       torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])))
+        self._split_qkv = [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim]
         n_layers = len(self.layers)
         shape = (n_layers, self.slots, self.max_seq_len, self.n_kv, self.head_dim)
         with torch.inference_mode():
@@ -308,13 +317,20 @@ class GenerationEngine:
             return h, module(h)
         return _rms(x, module.weight, module.variance_epsilon) if self.fast_norm else module(x)
 
-    def _mlp(self, layer, x, silu_mul=_silu_mul):
+    def _mlp(self, layer, x, silu_mul=_silu_mul, i: int | None = None):
+        if self.fused is not None and i is not None:
+            gate, up = F.linear(x, self.fused[i][2]).chunk(2, dim=-1)
+            return layer.mlp.down_proj(silu_mul(gate, up))
         if self.fast_mlp:
             mlp = layer.mlp
             return mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
         return layer.mlp(x)
 
-    def _qkv(self, attn, x, lead: tuple[int, ...]):
+    def _qkv(self, attn, x, lead: tuple[int, ...], i: int | None = None):
+        if self.fused is not None and i is not None:
+            q, k, v = F.linear(x, self.fused[i][0], self.fused[i][1]).split(self._split_qkv, dim=-1)
+            return (q.view(*lead, self.n_heads, self.head_dim), k.view(*lead, self.n_kv, self.head_dim),
+                    v.view(*lead, self.n_kv, self.head_dim))
         q = attn.q_proj(x).view(*lead, self.n_heads, self.head_dim)
         k = attn.k_proj(x).view(*lead, self.n_kv, self.head_dim)
         v = attn.v_proj(x).view(*lead, self.n_kv, self.head_dim)
@@ -339,7 +355,7 @@ class GenerationEngine:
         x = self._norm(self.layers[0].input_layernorm, h)
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            q, k, v = self._qkv(attn, x, (S,))
+            q, k, v = self._qkv(attn, x, (S,), i)
             q, k = self._c_rope(q, k, cos, sin)
             kc, vc = self.k_cache[i], self.v_cache[i]  # [S, L, n_kv, D]
             kc[self.slot_ids, pos] = k
@@ -358,7 +374,7 @@ class GenerationEngine:
             o = o.reshape(S, self.n_heads * D)
             h, x = self._norm(layer.post_attention_layernorm, h, self._c_add_rms, attn.o_proj(o))
             nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.body.norm
-            h, x = self._norm(nxt, h, self._c_add_rms, self._mlp(layer, x, self._c_silu_mul))
+            h, x = self._norm(nxt, h, self._c_add_rms, self._mlp(layer, x, self._c_silu_mul, i))
         return self.lm_head(x)
 
     def _prefill_forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
@@ -372,7 +388,7 @@ class GenerationEngine:
         x = self._norm(self.layers[0].input_layernorm, h)
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            q, k, v = self._qkv(attn, x, (n, T))
+            q, k, v = self._qkv(attn, x, (n, T), i)
             q, k = self._p_rope(q, k, cos, sin)
             self.k_cache[i][slots[:, None], positions] = k
             self.v_cache[i][slots[:, None], positions] = v
@@ -381,8 +397,46 @@ class GenerationEngine:
             o = o.transpose(1, 2).reshape(n, T, self.n_heads * self.head_dim)
             h, x = self._norm(layer.post_attention_layernorm, h, self._p_add_rms, attn.o_proj(o))
             nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.body.norm
-            h, x = self._norm(nxt, h, self._p_add_rms, self._mlp(layer, x, self._p_silu_mul))
+            h, x = self._norm(nxt, h, self._p_add_rms, self._mlp(layer, x, self._p_silu_mul, i))
         return self.lm_head(x[torch.arange(n, device=x.device), last_idx])
+
+    def _prefill_packed_forward(self, tokens: torch.Tensor, positions: torch.Tensor, slot_of: torch.Tensor,
+                                cu: torch.Tensor, max_len: int) -> torch.Tensor:
+        """Prompts packed back to back (no padding), FlashAttention varlen with causal masking.
+        tokens/positions/slot_of [total]; cu [n + 1] int32 offsets. Returns logits [n, vocab]."""
+        tot = tokens.shape[0]
+        h = self.body.embed_tokens(tokens)
+        cos, sin = self._cos_sin(positions, h)
+        if cos.dim() == 3:
+            cos, sin = cos[:, 0], sin[:, 0]
+        cos, sin = cos[:, None, :], sin[:, None, :]  # [total, 1, D]
+        x = self._norm(self.layers[0].input_layernorm, h)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            q, k, v = self._qkv(attn, x, (tot,), i)
+            q, k = self._p_rope(q, k, cos, sin)
+            v = v.contiguous()
+            self.k_cache[i][slot_of, positions] = k
+            self.v_cache[i][slot_of, positions] = v
+            o = self._varlen_causal_attn(q, k, v, cu, max_len, attn.scaling)
+            o = o.reshape(tot, self.n_heads * self.head_dim)
+            h, x = self._norm(layer.post_attention_layernorm, h, self._p_add_rms, attn.o_proj(o))
+            nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.body.norm
+            h, x = self._norm(nxt, h, self._p_add_rms, self._mlp(layer, x, self._p_silu_mul, i))
+        return self.lm_head(x[cu[1:].long() - 1])
+
+    def _varlen_causal_attn(self, q, k, v, cu, max_len: int, scale: float) -> torch.Tensor:
+        if self.attn_impl == "flash":
+            return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max_len, max_len, 0.0, True, False,
+                                                           scale=scale)[0]
+        # reference path (CPU tests): one causal SDPA per packed sequence
+        bounds = cu.tolist()
+        outs = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            outs.append(F.scaled_dot_product_attention(
+                q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), is_causal=True,
+                scale=scale, enable_gqa=self.group > 1).transpose(0, 1))
+        return torch.cat(outs)
 
     def _advance(self, nxt: torch.Tensor) -> None:
         self.tok_buf.copy_(nxt)
@@ -447,6 +501,8 @@ class GenerationEngine:
     def _prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
         """Prefill prompts into slots (chunked by the token budget); returns last-token logits
         in the given order."""
+        if self.prefill_packed:
+            return self._prefill_packed(slots, prompts)
         order = sorted(range(len(prompts)), key=lambda j: len(prompts[j]))
         out: list[torch.Tensor | None] = [None] * len(prompts)
         start = 0
@@ -464,10 +520,35 @@ class GenerationEngine:
             positions = torch.arange(T, device=self.device)[None, :].expand(len(idx), T)
             slot_t = torch.tensor([slots[j] for j in idx], device=self.device)
             logits = self._prefill_forward(toks, positions, slot_t, lens - 1)
+            self.stats["prefill_padded_tokens"] = self.stats.get("prefill_padded_tokens", 0) + len(idx) * T
+            self.stats["prefill_chunks"] = self.stats.get("prefill_chunks", 0) + 1
             for r, j in enumerate(idx):
                 out[j] = logits[r]
             start = end
         return torch.stack(out)  # type: ignore[arg-type]
+
+    def _prefill_packed(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
+        outs = []
+        start = 0
+        while start < len(prompts):
+            end, total = start + 1, len(prompts[start])
+            while end < len(prompts) and total + len(prompts[end]) <= self.prefill_tokens:
+                total += len(prompts[end])
+                end += 1
+            chunk = prompts[start:end]
+            lens = torch.tensor([len(p) for p in chunk])
+            flat = torch.tensor([t for p in chunk for t in p], dtype=torch.long)
+            positions = torch.arange(total) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+            slot_of = torch.repeat_interleave(torch.tensor(slots[start:end]), lens)
+            cu = torch.zeros(len(chunk) + 1, dtype=torch.int32)
+            cu[1:] = torch.cumsum(lens, 0)
+            dev = self.device
+            outs.append(self._prefill_packed_forward(flat.to(dev), positions.to(dev), slot_of.to(dev), cu.to(dev),
+                                                     int(lens.max())))
+            self.stats["prefill_padded_tokens"] = self.stats.get("prefill_padded_tokens", 0) + total
+            self.stats["prefill_chunks"] = self.stats.get("prefill_chunks", 0) + 1
+            start = end
+        return torch.cat(outs)
 
     # -- the loop -------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -513,8 +594,10 @@ class GenerationEngine:
         outs: dict[int, list[int]] = {}
         hist = torch.zeros(self.slots, self.sync_every, dtype=torch.long, device=self.device)
         bar = tqdm(total=n_req, desc="generate", disable=not show_progress)
-        st = self.stats = dict.fromkeys(("prefill_calls", "prefill_prompts", "prefill_s", "decode_steps",
-                                         "slot_steps_active", "decode_s"), 0.0)
+        st = self.stats = dict.fromkeys(("prefill_calls", "prefill_prompts", "prefill_s", "prefill_gpu_s",
+                                         "decode_steps", "slot_steps_active", "decode_s"), 0.0)
+        timed = self.device.type == "cuda"
+        prefill_events: list = []
 
         def push(slot: int, new: list[int]) -> bool:
             """Append new tokens of the request in `slot`; True if it finished."""
@@ -544,7 +627,13 @@ class GenerationEngine:
                     t_pre = time.perf_counter()
                     take = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
                     slots = free[:len(take)]
+                    if timed:
+                        ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                        ev[0].record()
                     logits = self._prefill(slots, [list(prompt_ids[j]) for j in take])
+                    if timed:
+                        ev[1].record()
+                        prefill_events.append(ev)
                     first = sample_next(logits, temperature, top_p, gen)
                     slot_t = torch.tensor(slots, device=self.device)
                     self.tok_buf.index_copy_(0, slot_t, first)
@@ -578,6 +667,7 @@ class GenerationEngine:
                 for s in active:
                     slot_pos[s] += k
                     push(s, new[s])
+            st["prefill_gpu_s"] = sum(a.elapsed_time(b) for a, b in prefill_events) / 1e3
         finally:
             bar.close()
             if was_training:
@@ -626,6 +716,8 @@ def generate_token_ids(model, prompt_ids: Sequence[Sequence[int]], settings: Gen
     """
     budgets = list(max_new_tokens) if max_new_tokens is not None else [settings.max_new_tokens] * len(prompt_ids)
     if engine is None:
+        # a per-call engine cannot go stale, so fused weight copies are safe (plain Linear only)
+        engine_kwargs.setdefault("fuse_weights", next(model.parameters()).is_cuda)
         need = max((len(p) + m for p, m in zip(prompt_ids, budgets)), default=1)
         engine = GenerationEngine(model, max_batch_size=min(max_batch_size, max(1, len(prompt_ids))),
                                   max_seq_len=need, **engine_kwargs)
