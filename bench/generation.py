@@ -180,13 +180,15 @@ def step_variants(model, slots, ctx, L=768, profile=False):
     from torch.profiler import ProfilerActivity, profile as tprofile
 
     out = {}
-    variants = [("flash+compile+fused", dict(attn_impl="flash", compile=True, fuse_weights=True)),
-                ("flash+compile", dict(attn_impl="flash", compile=True)),
-                ("flash", dict(attn_impl="flash", compile=False)),
-                ("sdpa+compile", dict(attn_impl="sdpa", compile=True))]
+    variants = [("default", dict()),  # flash (grouped heads) + compile + fused weights
+                ("flash-ungrouped", dict(flash_grouped=False)),
+                ("unfused", dict(fuse_weights=False)),
+                ("no-compile", dict(compile=False)),
+                ("sdpa", dict(attn_impl="sdpa"))]
     for name, kw in variants:
         t0 = time.perf_counter()
         try:
+            kw = {"fuse_weights": True, **kw}
             eng = GenerationEngine(model, max_batch_size=slots, max_seq_len=L, **kw)
         except Exception as exc:  # noqa: BLE001
             print(f"variant {name}: {exc}")
@@ -215,9 +217,9 @@ def step_variants(model, slots, ctx, L=768, profile=False):
         host = (time.perf_counter() - t1) / 5 * 1e3
         sync()
         out[name] = min(ms)
-        print(f"step B={slots} ctx={ctx} {name:14s} {min(ms):6.2f} ms  ({slots/min(ms)*1e3:,.0f} tok/s; "
+        print(f"step B={slots} ctx={ctx} {name:16s} {min(ms):6.2f} ms  ({slots/min(ms)*1e3:,.0f} tok/s; "
               f"host per replay {host:.2f} ms; build+compile+capture {build:.1f}s)")
-        if profile and name == "flash+compile+fused":
+        if profile and name == "default":
             with tprofile(activities=[ProfilerActivity.CUDA]) as prof:
                 for _ in range(5):
                     eng._decode(kv, True)
@@ -297,7 +299,8 @@ def check_numerics(model, prompts):
         lg = eng._decode(eng._bucket(max(len(p) for p in prompts) + 1), False).float()
         rel = float((lg - ref).norm() / ref.norm())
         res[name] = rel
-        print(f"decode-step logits vs HF forward, {name}: rel err {rel:.2e}")
+        print(f"decode-step logits vs HF forward, {name}: rel err {rel:.2e} (attn_impl={eng.attn_impl}, "
+              f"grouped={eng.flash_grouped}, packed prefill={eng.prefill_packed}, compile={eng.compile})")
         del eng
     return res
 

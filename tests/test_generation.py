@@ -18,6 +18,7 @@ from tinyreason.generation import (
     generate_completions,
     generate_token_ids,
     make_stop_fn,
+    merge_lora_for_eval,
 )
 
 VOCAB = 320
@@ -140,9 +141,11 @@ def test_lora_unmerged_matches_merged():
             torch.nn.init.normal_(p, std=0.5)  # make the adapter change the outputs
     prompts = random_prompts(5, 2, 12, seed=5)
     unmerged = GenerationEngine(pm, max_batch_size=4, max_seq_len=48, kv_bucket=16).generate(prompts, 10)
-    merged_model = pm.merge_and_unload()
+    merged_model = merge_lora_for_eval(pm, dtype=None)
+    assert not hasattr(merged_model, "peft_config")
     ref = hf_greedy(merged_model, prompts, max_new=10)
     assert unmerged == ref
+    assert ref != hf_greedy(tiny_qwen2(), prompts, max_new=10)  # the adapter mattered
 
 
 def _tiny_tokenizer():

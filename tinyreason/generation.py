@@ -148,30 +148,69 @@ def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def _flash_decode(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor, cu_k: torch.Tensor,
+                  max_k: int, used: torch.Tensor, scale: float | None, n_kv: int, grouped: bool = True):
+    """One query token per sequence against its first `used` cached keys (FlashAttention varlen).
+
+    q [S, n_heads, D]; k_flat/v_flat [S * L, n_kv, D] (sequence s owns rows s*L ...); cu_k = arange
+    (S+1) * L. With `grouped`, the n_heads / n_kv query heads of one KV head are passed as that
+    many query rows of a sequence with n_kv heads (non-causal: they share one position), so each
+    block reads its K/V once instead of once per query head. Returns [S, n_heads * D].
+    """
+    S, nh, D = q.shape
+    group = nh // n_kv
+    if grouped and group > 1:
+        qg = q.view(S, n_kv, group, D).transpose(1, 2).reshape(S * group, n_kv, D)
+        cu_q = torch.arange(0, (S + 1) * group, group, device=q.device, dtype=torch.int32)
+        o = torch.ops.aten._flash_attention_forward(qg, k_flat, v_flat, cu_q, cu_k, group, max_k, 0.0, False,
+                                                    False, scale=scale, seqused_k=used)[0]
+        return o.view(S, group, n_kv, D).transpose(1, 2).reshape(S, nh * D)
+    cu_q = torch.arange(S + 1, device=q.device, dtype=torch.int32)
+    o = torch.ops.aten._flash_attention_forward(q, k_flat, v_flat, cu_q, cu_k, 1, max_k, 0.0, False, False,
+                                                scale=scale, seqused_k=used)[0]
+    return o.reshape(S, nh * D)
+
+
 _FLASH_OK: dict[tuple, bool] = {}
 
 
 def _flash_varlen_available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
-    """Whether aten's FlashAttention varlen forward with `seqused_k` runs here."""
+    """Whether aten's FlashAttention varlen forward with `seqused_k` runs here and gives the
+    right answer in both decode layouts and the causal packed prefill."""
     key = (str(device), dtype, head_dim)
     if key not in _FLASH_OK:
         ok = False
         if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
             try:
                 with torch.inference_mode():
-                    S, L = 2, 16
-                    q = torch.randn(S, 4, head_dim, device=device, dtype=dtype)
-                    kv = torch.randn(S * L, 2, head_dim, device=device, dtype=dtype)
-                    cu_q = torch.arange(S + 1, device=device, dtype=torch.int32)
-                    cu_k = cu_q * L
-                    used = torch.tensor([3, 16], device=device, dtype=torch.int32)
-                    out = torch.ops.aten._flash_attention_forward(
-                        q, kv, kv, cu_q, cu_k, 1, L, 0.0, False, False, seqused_k=used)[0]
-                    # reference for row 0: attend to its first 3 keys only
-                    k0 = kv[:3].float().repeat_interleave(2, dim=1)  # [3, 4, D]
-                    w = torch.softmax(torch.einsum("hd,khd->hk", q[0].float(), k0) / head_dim ** 0.5, -1)
-                    ref = torch.einsum("hk,khd->hd", w, k0)
-                    ok = bool(torch.allclose(out[0].float(), ref, atol=2e-2, rtol=2e-2))
+                    S, L, nh, nkv, D = 3, 16, 6, 2, head_dim
+                    g = torch.Generator(device=device).manual_seed(0)
+                    q = torch.randn(S, nh, D, device=device, dtype=dtype, generator=g)
+                    k = torch.randn(S * L, nkv, D, device=device, dtype=dtype, generator=g)
+                    v = torch.randn(S * L, nkv, D, device=device, dtype=dtype, generator=g)
+                    cu_k = torch.arange(S + 1, device=device, dtype=torch.int32) * L
+                    used_l = [3, 16, 7]
+                    used = torch.tensor(used_l, device=device, dtype=torch.int32)
+                    ref = []
+                    for s_, u in enumerate(used_l):
+                        ks = k[s_ * L:s_ * L + u].float().repeat_interleave(nh // nkv, dim=1)  # [u, nh, D]
+                        vs = v[s_ * L:s_ * L + u].float().repeat_interleave(nh // nkv, dim=1)
+                        w = torch.softmax(torch.einsum("hd,khd->hk", q[s_].float(), ks) / D ** 0.5, -1)
+                        ref.append(torch.einsum("hk,khd->hd", w, vs).reshape(-1))
+                    ref = torch.stack(ref)
+                    ok = True
+                    for grouped in (True, False):
+                        out = _flash_decode(q, k, v, cu_k, L, used, None, nkv, grouped).float()
+                        ok = ok and bool(torch.allclose(out, ref, atol=3e-2, rtol=3e-2))
+                    # causal packed prefill: sequence 0 = rows 0..4 of k/v, query its own 5 rows
+                    cu = torch.tensor([0, 5], device=device, dtype=torch.int32)
+                    qp = k[:5].repeat_interleave(nh // nkv, dim=1).contiguous()
+                    o = torch.ops.aten._flash_attention_forward(qp, k[:5], v[:5], cu, cu, 5, 5, 0.0, True, False)[0]
+                    ks, vs = (t[:5].float().repeat_interleave(nh // nkv, dim=1) for t in (k, v))
+                    sc = torch.einsum("qhd,khd->hqk", qp.float(), ks) / D ** 0.5
+                    sc = sc.masked_fill(torch.ones(5, 5, device=device, dtype=torch.bool).triu(1), float("-inf"))
+                    ref_p = torch.einsum("hqk,khd->qhd", torch.softmax(sc, -1), vs)
+                    ok = ok and bool(torch.allclose(o.float(), ref_p, atol=3e-2, rtol=3e-2))
             except Exception:  # noqa: BLE001 - any failure means "use SDPA"
                 ok = False
         _FLASH_OK[key] = ok
@@ -209,7 +248,7 @@ class GenerationEngine:
                  use_cuda_graph: bool | None = None, compile: bool | None = None,
                  attn_impl: str | None = None, kv_bucket: int = 128, sync_every: int = 16,
                  prefill_tokens: int = 16384, min_refill: int | None = None,
-                 fuse_weights: bool = False, prefill_packed: bool | None = None):
+                 fuse_weights: bool = False, prefill_packed: bool | None = None, flash_grouped: bool = True):
         self.model = model
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.body = base.model
@@ -241,6 +280,7 @@ class GenerationEngine:
         if attn_impl not in ("flash", "sdpa"):
             raise ValueError(f"attn_impl must be 'flash' or 'sdpa', not {attn_impl!r}")
         self.attn_impl = attn_impl
+        self.flash_grouped = bool(flash_grouped)
         # packed (padding-free) prefill: FlashAttention varlen on CUDA; else a per-sequence loop
         self.prefill_packed = (attn_impl == "flash") if prefill_packed is None else bool(prefill_packed)
         # Fast paths need known module semantics; otherwise the HF modules are called as they are.
@@ -361,9 +401,8 @@ class GenerationEngine:
             kc[self.slot_ids, pos] = k
             vc[self.slot_ids, pos] = v
             if self.attn_impl == "flash":
-                o = torch.ops.aten._flash_attention_forward(
-                    q, kc.view(-1, self.n_kv, D), vc.view(-1, self.n_kv, D), self.cu_q, self.cu_k,
-                    1, self.max_seq_len, 0.0, False, False, scale=attn.scaling, seqused_k=used)[0]
+                o = _flash_decode(q, kc.view(-1, self.n_kv, D), vc.view(-1, self.n_kv, D), self.cu_k,
+                                  self.max_seq_len, used, attn.scaling, self.n_kv, self.flash_grouped)
             else:
                 # the query heads that share one KV head act as that head's "query rows", so
                 # K/V are read once per KV head (no repeat_kv)
