@@ -52,6 +52,16 @@ def check_inputs(cfg) -> None:
                     truncated, total, max_length)
 
 
+def check_device(cfg, checkpoints: Path) -> None:
+    """4-bit weights and 8-bit optimizers need CUDA: say so before anything is written."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    modeling.quantization_config(cfg.model)  # one-line error when model.load_in_4bit asks for NF4
+    sft.build_sft_config(cfg, checkpoints)  # one-line error for a bitsandbytes optimizer
+
+
 def drop_incomplete_checkpoints(checkpoints: Path) -> None:
     """A checkpoint killed while being written has no (or a truncated) trainer_state.json, which
     Trainer writes last: remove it, so the run resumes from the newest complete checkpoint."""
@@ -83,6 +93,7 @@ def main() -> None:
     cfg = load_config("params.yaml")
     check_inputs(cfg)
     checkpoints = sft.checkpoint_dir_for(Path("checkpoints"), cfg, TRAIN, VAL)
+    check_device(cfg, checkpoints)
     drop_incomplete_checkpoints(checkpoints)
     with atomic_directory("dvclive/train") as live_dir:
         live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)

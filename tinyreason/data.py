@@ -7,6 +7,7 @@ and counted; an empty result is an error, not an empty training set.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import random
@@ -14,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyreason.errors import DataError
+from tinyreason.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,9 @@ def subsample_and_split(examples: list, num_samples: int, val_fraction: float, s
     chosen = rng.sample(examples, min(num_samples, len(examples)))
     n_val = max(1, round(len(chosen) * val_fraction))
     if n_val >= len(chosen):
-        raise DataError(f"only {len(chosen)} example(s): not enough to split off {n_val} for "
-                        "validation (fix: raise prepare.num_samples or lower prepare.val_fraction)")
+        raise DataError(f"only {len(chosen)} usable example(s): not enough to split off {n_val} for "
+                        "validation (fix: add well-formed rows, raise prepare.num_samples or lower "
+                        "prepare.val_fraction)")
     return chosen[n_val:], chosen[:n_val]
 
 
@@ -129,8 +131,17 @@ def build_prepared_splits(cfg, tokenizer) -> tuple[dict[str, list[dict]], dict]:
     """
     from tinyreason import benchmarks, prompts
 
+    for name in cfg.evaluate.benchmarks:  # before any work: a typo here is a params problem
+        if name not in benchmarks.BENCHMARKS:
+            close = difflib.get_close_matches(name, benchmarks.BENCHMARKS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"params.yaml: evaluate.benchmarks.{name}: unknown benchmark (fix: {hint}use one "
+                            f"of {', '.join(benchmarks.BENCHMARKS)})")
     examples, dropped = load_gsm8k(cfg.prepare.train_path, cfg.prepare.hub_config, cfg.prepare.hub_split)
-    train, val = subsample_and_split(examples, cfg.prepare.num_samples, cfg.prepare.val_fraction, cfg.seed)
+    try:
+        train, val = subsample_and_split(examples, cfg.prepare.num_samples, cfg.prepare.val_fraction, cfg.seed)
+    except DataError as exc:  # name the file: too few of its rows survived the filtering
+        raise DataError(f"{cfg.prepare.train_path}: {exc}") from None
     sft_prompt = cfg.prompt(cfg.prepare.prompt)
 
     def sft_rows(split):

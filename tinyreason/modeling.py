@@ -114,6 +114,7 @@ def load_base_model(cfg: ModelConfig, for_training: bool = False):
     kwargs.update(dtype=compute_dtype(cfg), attn_implementation=cfg.attn_implementation)
     if not cfg.gguf_file:
         kwargs["use_safetensors"] = True  # never unpickle .bin weights
+        _refuse_pickle_only(resolve_model_location(cfg))
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": torch.cuda.current_device()})
     try:
@@ -132,6 +133,18 @@ def load_base_model(cfg: ModelConfig, for_training: bool = False):
     return model
 
 
+def _refuse_pickle_only(location: str) -> None:
+    """A local model directory with pickled weights (*.bin, *.pt) but no safetensors is refused."""
+    folder = Path(location)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
+    if pickled:
+        raise TinyReasonError(f"model.name_or_path: {location} has only pickled weights ({pickled[0]}), which "
+                              "tinyreason never loads (fix: convert them to safetensors once, e.g. "
+                              "model.save_pretrained(dir, safe_serialization=True), in a trusted environment)")
+
+
 def lora_config(settings: LoraSettings):
     from peft import LoraConfig
 
@@ -145,6 +158,9 @@ def check_adapter_matches(adapter_dir: Path, cfg: ModelConfig) -> None:
     if not config_file.is_file():
         raise TinyReasonError(f"{adapter_dir}: no LoRA adapter here ({ADAPTER_CONFIG} missing) (fix: run "
                               "the train stage, `dvc repro train`, or evaluate the base model only)")
+    if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
+        raise TinyReasonError(f"{adapter_dir}: adapter_model.safetensors missing (an incomplete or pickled "
+                              "adapter) (fix: rerun the train stage, `dvc repro train`)")
     params_file = Path(adapter_dir) / "params.json"
     if params_file.is_file():
         trained_on = json.loads(params_file.read_text()).get("model", {}).get("name_or_path")

@@ -21,9 +21,13 @@ from tinyreason.errors import TinyReasonError
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def disk_full_error(path, exc: OSError) -> TinyReasonError:
-    return TinyReasonError(f"{path}: no space left on device while writing ({exc.strerror or exc}) "
-                           "(fix: free disk space, then rerun the stage; nothing was written)")
+class DiskFullError(TinyReasonError):
+    """ENOSPC/EDQUOT while writing `path`, as one line."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        super().__init__(f"{path}: no space left on device while writing it (fix: free disk space, then "
+                         "rerun the stage; nothing was written)")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -39,7 +43,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-            raise disk_full_error(path, exc) from None
+            raise DiskFullError(path) from None
         raise
 
 
@@ -62,8 +66,10 @@ def atomic_directory(path: str | Path):
         yield tmp
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, DiskFullError) and tmp in exc.path.parents:  # name the output, not the temp
+            raise DiskFullError(path / exc.path.relative_to(tmp)) from None
         if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-            raise disk_full_error(path, exc) from None
+            raise DiskFullError(path) from None
         raise
     if path.exists():
         # Move the old output aside in one rename, so a kill never leaves a half-deleted `path`.
