@@ -165,6 +165,10 @@ def share_of_a(completions, **kwargs) -> list[float]:
 
 
 def toy_config(model_dir: Path, train_path: Path, steps: int, train: dict | None = None, **grpo):
+    return config_from_dict(_deep_merge(repo_params(), _toy_overrides(model_dir, train_path, steps, train, **grpo)))
+
+
+def _toy_overrides(model_dir: Path, train_path: Path, steps: int, train: dict | None = None, **grpo) -> dict:
     overrides = {
         "model": {"name_or_path": str(model_dir), "gguf_file": None, "load_in_4bit": False,
                   "dtype": "float32", "attn_implementation": "sdpa"},
@@ -180,7 +184,7 @@ def toy_config(model_dir: Path, train_path: Path, steps: int, train: dict | None
                                        "beta": 0.0, "rollout": "trl", "max_prompt_length": 64}, grpo)},
     }
     overrides["train"].update(train or {})
-    return config_from_dict(_deep_merge(repo_params(), overrides))
+    return overrides
 
 
 @pytest.fixture(scope="module")
@@ -349,3 +353,33 @@ def test_unknown_recipe_is_one_line(capsys):
     assert main(["recipe", "nope", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "recipe 'nope'" in err and "open-rs3" in err and err.count("\n") == 1
+
+
+def test_train_stage_runs_grpo_and_reports_cost(toy_setup, tmp_path):
+    """stages/train.py dispatches on train.method: adapter, metrics (with cost) and GRPO curves."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    root, model_dir, train_path = toy_setup
+    work = tmp_path / "work"
+    shutil.copytree(REPO / "stages", work / "stages")
+    (work / "data" / "prepared").mkdir(parents=True)
+    row = json.dumps({"prompt": "b c", "completion": "a", "question": "b c", "answer": "a"})
+    for split in ("train", "val"):
+        (work / "data" / "prepared" / f"{split}.jsonl").write_text(row + "\n")
+    raw = _deep_merge(repo_params(), {"train": {"max_length": 64}})
+    cfg_raw = _deep_merge(raw, {k: v for k, v in _toy_overrides(model_dir, train_path, 3).items()})
+    cfg_raw["train"]["grpo"]["reward_funcs"] = ["format"]  # a real reward through the stage
+    cfg_raw["train"]["grpo"]["reward_weights"] = [1.0]
+    (work / "params.yaml").write_text(yaml.safe_dump(cfg_raw, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "stages/train.py"], cwd=work, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((work / "metrics" / "train.json").read_text())
+    assert metrics["method"] == "grpo" and metrics["steps"] == 3
+    assert set(metrics["cost"]) >= {"gpu_seconds", "usd", "wall_seconds"} and "format" in metrics["final_rewards"]
+    assert (work / "models" / "adapter" / "adapter_config.json").is_file()
+    assert (work / "dvclive" / "train" / "plots" / "metrics" / "train" / "rewards" / "format" / "mean.tsv").is_file()

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -251,6 +252,7 @@ class EngineRollout:
         self.max_prompt_length = max_prompt_length
         self.engine = None
         self.calls = 0
+        self.seconds: list[float] = []  # wall time of each rollout call (benchmarks read it)
 
     def __call__(self, prompts: list, trainer) -> dict:
         from tinyreason.generation import GenerationEngine, eos_token_ids_of
@@ -264,9 +266,11 @@ class EngineRollout:
                                            max_seq_len=max(need, self.max_prompt_length + self.g.max_completion_length))
             self.eos_ids = eos_token_ids_of(model, tokenizer)
         self.calls += 1
+        start = time.perf_counter()
         completion_ids = self.engine.generate(prompt_ids, self.g.max_completion_length, temperature=self.g.temperature,
                                               top_p=self.g.top_p, seed=self.seed + 7919 * self.calls,
                                               eos_token_ids=self.eos_ids)
+        self.seconds.append(time.perf_counter() - start)
         return {"prompt_ids": [list(p) for p in prompt_ids], "completion_ids": [list(c) for c in completion_ids],
                 "logprobs": None}
 
