@@ -64,7 +64,8 @@ def docker_engine() -> str:
     except subprocess.TimeoutExpired:
         pytest.skip("Docker engine did not answer `docker info` within 30 s")
     if info.returncode != 0:
-        pytest.skip(f"no Docker engine reachable: {info.stderr.strip().splitlines()[-1:] or info.stdout}")
+        reason = (info.stderr.strip().splitlines() or [info.stdout.strip()])[-1]
+        pytest.skip(f"no Docker engine reachable (`docker info`: {reason})")
     return info.stdout.strip()
 
 
