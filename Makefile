@@ -29,8 +29,11 @@ PYTHON     ?= python3
 HOST_UID := $(shell id -u)
 HOST_GID := $(shell id -g)
 TTY      := $(shell [ -t 0 ] && echo -it)
-GIT_NAME  := $(shell git config user.name 2>/dev/null)
-GIT_EMAIL := $(shell git config user.email 2>/dev/null)
+# Identity for `dvc exp run` commits: the environment's GIT_AUTHOR_* if set, else your git config.
+GIT_AUTHOR_NAME     ?= $(shell git config user.name 2>/dev/null)
+GIT_AUTHOR_EMAIL    ?= $(shell git config user.email 2>/dev/null)
+GIT_COMMITTER_NAME  ?= $(GIT_AUTHOR_NAME)
+GIT_COMMITTER_EMAIL ?= $(GIT_AUTHOR_EMAIL)
 
 # Common `docker run` flags: repo mounted, host uid:gid, HF cache volume, git identity for
 # `dvc exp run` commits, hub token passed through when set in your environment.
@@ -38,8 +41,8 @@ DOCKER_RUN = $(DOCKER) run --rm $(TTY) \
 	--user $(HOST_UID):$(HOST_GID) \
 	-v "$(CURDIR):/work/repo" \
 	-v $(HF_VOLUME):/cache \
-	-e GIT_AUTHOR_NAME="$(GIT_NAME)" -e GIT_AUTHOR_EMAIL="$(GIT_EMAIL)" \
-	-e GIT_COMMITTER_NAME="$(GIT_NAME)" -e GIT_COMMITTER_EMAIL="$(GIT_EMAIL)" \
+	-e GIT_AUTHOR_NAME="$(GIT_AUTHOR_NAME)" -e GIT_AUTHOR_EMAIL="$(GIT_AUTHOR_EMAIL)" \
+	-e GIT_COMMITTER_NAME="$(GIT_COMMITTER_NAME)" -e GIT_COMMITTER_EMAIL="$(GIT_COMMITTER_EMAIL)" \
 	-e HF_TOKEN -e HF_HUB_OFFLINE \
 	$(RUN_FLAGS)
 # GPU runs: all GPUs, room for dataloader workers / NCCL shared memory.

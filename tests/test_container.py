@@ -188,8 +188,11 @@ def test_named_volume_writable_by_any_uid(cpu_image, repo_snapshot):
     repo, user = repo_snapshot
     volume = f"tinyreason-test-{uuid.uuid4().hex[:8]}"
     try:
-        _run_in(cpu_image, repo, user, "bash", "-c",
-                "touch $HF_HOME/probe && python -c 'import getpass; print(getpass.getuser())'", volume=volume)
+        out = _run_in(cpu_image, repo, user, "bash", "-c",
+                      "touch $HF_HOME/probe && python -c 'import getpass, tinyreason; "
+                      "print(getpass.getuser(), tinyreason.__file__)'", volume=volume).stdout
+        # The mounted checkout's code runs, not the copy installed in the image.
+        assert out.split()[-1] == "/work/repo/tinyreason/__init__.py", out
     finally:
         subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True)
 
