@@ -204,6 +204,27 @@ def test_unreachable_model_is_one_line_exit_2():
 # The real model: chat through a pseudo-terminal, solve through pipes
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """A random 2-layer Llama (safetensors) beside SmolLM2's real ChatML tokenizer: chat and solve run
+    end to end through the same loading path as a hub model, but start in seconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tinyreason.modeling import load_tokenizer
+
+    directory = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = load_tokenizer(chat.resolve_config(PARAMS, "cpu").model)
+    tokenizer.save_pretrained(directory)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, initializer_range=0.2)  # 0.2: words, not newlines
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return str(directory)
+
+
 def spawn_chat(*extra):
     pexpect = pytest.importorskip("pexpect")
     child = pexpect.spawn(TINYREASON[0], [*TINYREASON[1:], "chat", *CPU, "--base-only", *extra],
@@ -213,8 +234,8 @@ def spawn_chat(*extra):
     return child
 
 
-def test_chat_streams_two_fresh_questions_then_exit(tmp_path):
-    child = spawn_chat("--max-new-tokens", "24")
+def check_chat_session(child, check_answer) -> None:
+    """Two questions, each streamed (dim segments arriving one by one), then `exit` -> exit code 0."""
     child.expect_exact(">>> ")
     assert "each question starts afresh" in ANSI.sub("", child.before)
     answers = []
@@ -231,12 +252,30 @@ def test_chat_streams_two_fresh_questions_then_exit(tmp_path):
     assert child.exitstatus == 0, transcript
     assert "Traceback" not in transcript
     for answer in answers:
-        plain = ANSI.sub("", answer)
-        assert re.search(r"\w", plain), transcript  # generated text was shown
-        # the smoke model is untrained, so it never writes the format: said instead of a silent end
-        assert "no final answer" in plain or "Final Answer: " in plain
+        check_answer(ANSI.sub("", answer))
     # tokens arrived as separate writes (dim segments), not one block at the end
     assert len(re.findall(r"\x1b\[2m", answers[1])) > 3
+
+
+def test_chat_streams_two_fresh_questions_then_exit_tiny_model(tiny_model):
+    child = spawn_chat("--model", tiny_model, "--max-new-tokens", "12", "--temperature", "0")
+
+    def check_answer(plain):  # random weights: 12 tokens of noise, then the budget note
+        assert "no final answer: generation hit --max-new-tokens 12" in plain
+
+    check_chat_session(child, check_answer)
+
+
+@pytest.mark.slow
+def test_chat_streams_two_fresh_questions_then_exit_smollm2():
+    child = spawn_chat("--max-new-tokens", "24")
+
+    def check_answer(plain):
+        assert re.search(r"\w", plain)  # generated text was shown
+        # the smoke model is untrained, so it never writes the format: said instead of a silent end
+        assert "no final answer" in plain or "Final Answer: " in plain
+
+    check_chat_session(child, check_answer)
 
 
 @pytest.mark.slow
@@ -282,9 +321,18 @@ def base_solutions():
     return result
 
 
+def test_solve_json_lines_from_stdin_tiny_model(tiny_model):
+    result = run_cli(["solve", "-", *CPU, "--model", tiny_model, "--base-only", "--json", "--max-new-tokens", "8"],
+                     stdin="\n".join(QUESTIONS) + "\n")
+    check_json_lines(result)
+
+
 @pytest.mark.slow
 def test_solve_json_lines_from_stdin_greedy_and_reproducible(base_solutions):
-    result = base_solutions
+    check_json_lines(base_solutions)
+
+
+def check_json_lines(result):
     assert result.returncode in (0, 1), result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stdout.splitlines()
@@ -302,7 +350,7 @@ def test_solve_json_lines_from_stdin_greedy_and_reproducible(base_solutions):
 
 
 @pytest.mark.slow
-def test_solve_answer_only_and_show_reasoning_plain_when_piped():
+def test_solve_show_reasoning_plain_when_piped():
     result = run_cli(["solve", "What is 2+3?", "What is 10-4?", *CPU, "--base-only", "--show-reasoning",
                       "--max-new-tokens", "16"])
     assert result.returncode in (0, 1), result.stderr
@@ -343,3 +391,45 @@ def test_solve_with_a_trained_adapter_changes_the_output(tmp_path, base_solution
     base = [json.loads(line) for line in base_solutions.stdout.splitlines()]
     assert len(records) == len(QUESTIONS)
     assert [r["reasoning"] for r in records] != [b["reasoning"] for b in base]
+
+
+# ---------------------------------------------------------------------------------------------
+# solve's output modes, with a stand-in solver (the model runs in the slow tests above)
+
+
+class _FakeSolver:
+    max_new_tokens = 24
+
+    def solve(self, question):
+        completion = "add\n</think>\n**Final Answer:** 5" if "2+3" in question else "I am not sure"
+        return chat.Solution(question, chat.split_reasoning(completion), chat.extract_answer(completion),
+                             completion, new_tokens=24 if "long" in question else 3)
+
+
+@pytest.fixture
+def fake_solver(monkeypatch):
+    monkeypatch.setattr(chat, "_build_solver", lambda args, defaults, err: _FakeSolver())
+
+
+def test_solve_prints_answer_only_one_line_per_question(fake_solver, capsys, monkeypatch):
+    assert cli.main(["solve", "What is 2+3?"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "5\n" and captured.err == ""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is 2+3?\n\nsomething long\n"))
+    assert cli.main(["solve", "-", "hmm?"]) == 1  # a question without an answer: exit 1
+    captured = capsys.readouterr()
+    assert captured.out == "5\n\n\n"  # blank lines keep line N = question N
+    assert "no final answer for question 2: generation hit --max-new-tokens 24" in captured.err
+    assert "no final answer for question 3: the model stopped without writing **Final Answer:**" in captured.err
+    assert cli.main(["solve", "hmm?"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no final answer for the question" in captured.err
+
+
+def test_solve_json_and_show_reasoning(fake_solver, capsys):
+    assert cli.main(["solve", "What is 2+3?", "hmm?", "--json"]) == 1
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records == [{"question": "What is 2+3?", "reasoning": "add", "answer": "5"},
+                       {"question": "hmm?", "reasoning": "I am not sure", "answer": None}]
+    assert cli.main(["solve", "What is 2+3?", "--show-reasoning"]) == 0
+    assert capsys.readouterr().out == "add\nFinal Answer: 5\n\n"
