@@ -27,6 +27,8 @@ def check_inputs(cfg) -> None:
     for path in (TRAIN, VAL):
         if not path.is_file():
             raise TinyReasonError(f"{path}: not found (fix: run the prepare stage, `dvc repro prepare`)")
+    if cfg.train.method != "sft":  # GRPO has its own prompt limit (train.grpo.max_prompt_length)
+        return
     tokenizer = modeling.load_tokenizer(cfg.model)
     max_length, truncated, total = cfg.train.max_length, 0, 0
     for path in (TRAIN, VAL):
@@ -67,6 +69,12 @@ def drop_incomplete_checkpoints(checkpoints: Path) -> None:
     Trainer writes last: remove it, so the run resumes from the newest complete checkpoint."""
     if not checkpoints.is_dir():
         return
+    plan = checkpoints / getattr(sft, "SPEED_PLAN_FILE", "speed_plan.json")  # written non-atomically
+    try:
+        if plan.is_file():
+            json.loads(plan.read_text())
+    except ValueError:
+        plan.unlink()
     for ckpt in checkpoints.glob("checkpoint-*"):
         try:
             json.loads((ckpt / "trainer_state.json").read_text())

@@ -169,14 +169,16 @@ def test_incomplete_newest_checkpoint_is_skipped(tmp_path, monkeypatch):
     from tinyreason import sft
 
     root = tmp_path / "ckpt"
+    (root / "checkpoint-2").mkdir(parents=True)
+    (root / "speed_plan.json").write_text('{"speed": "fa')  # killed mid-write: recomputed on resume
     for step, state in ((2, '{"log_history": []}'), (4, None), (6, '{"log_hist')):
-        (root / f"checkpoint-{step}").mkdir(parents=True)
+        (root / f"checkpoint-{step}").mkdir(parents=True, exist_ok=True)
         (root / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"x")
         if state is not None:
             (root / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     train_stage = runpy.run_path(str(REPO / "stages" / "train.py"))
     train_stage["drop_incomplete_checkpoints"](root)
-    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2"]
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2"]  # and no truncated speed plan
     assert sft.last_checkpoint(root) == str(root / "checkpoint-2")
 
 
