@@ -16,23 +16,6 @@ from tinyreason.outputs import atomic_directory, atomic_write_json, atomic_write
 TEST, ADAPTER = Path("data/prepared/test.jsonl"), Path("models/adapter")
 
 
-def check_fits_context(model, tokenizer, cfg, rows: list[dict]) -> None:
-    """The longest prompt plus evaluate.max_new_tokens must fit in the model's context window."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    context = getattr(config, "max_position_embeddings", None)
-    if not context or not rows:
-        return
-    lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]]
-    longest = max(range(len(rows)), key=lengths.__getitem__)
-    need = lengths[longest] + cfg.evaluate.max_new_tokens
-    if need > context:
-        row = rows[longest]
-        raise TinyReasonError(f"{TEST}: {row['benchmark']} problem {row['id']!r} has a {lengths[longest]}-token "
-                              f"prompt; with evaluate.max_new_tokens={cfg.evaluate.max_new_tokens} that is {need} "
-                              f"tokens, past the model's context of {context} (fix: set evaluate.max_new_tokens "
-                              f"<= {max(context - lengths[longest], 0)}, or limit that benchmark)")
-
-
 def main() -> None:
     from dvclive import Live
 
@@ -46,11 +29,11 @@ def main() -> None:
     with measure_cost(cfg.cost.usd_per_gpu_hour) as cost:
         if cfg.evaluate.evaluate_base:
             model = modeling.load_base_model(cfg.model)
-            check_fits_context(model, tokenizer, cfg, rows)
+            evaluation.check_fits_context(model, tokenizer, cfg, rows, TEST)
             records["base"] = evaluation.predict(model, tokenizer, cfg, rows, "base")
             evaluation.free_model(model)
         model = modeling.load_adapter_model(cfg.model, ADAPTER, merge=True)
-        check_fits_context(model, tokenizer, cfg, rows)
+        evaluation.check_fits_context(model, tokenizer, cfg, rows, TEST)
         records["adapter"] = evaluation.predict(model, tokenizer, cfg, rows, "adapter")
     metrics = evaluation.build_metrics(records, cfg.evaluate.samples)
 
@@ -63,12 +46,13 @@ def main() -> None:
         for bench, entry in metrics.items():
             for label in records:
                 live.log_metric(f"{bench}/{label}_accuracy", entry[label]["accuracy"], plot=False)
+        # One bar per (benchmark, model): `dvc plots show/diff` draws accuracy per benchmark.
+        live.log_plot("accuracy", evaluation.accuracy_datapoints(metrics), x="accuracy", y="benchmark",
+                      template="bar_horizontal_sorted", title="Accuracy per benchmark")
         live.end()
     atomic_write_json("metrics/evaluate.json", {"cost": cost})
     atomic_write_json("metrics.json", metrics)
-    for bench, entry in metrics.items():
-        line = ", ".join(f"{label} {entry[label]['accuracy']:.1%}" for label in records)
-        print(f"evaluate {bench} (n={entry['adapter']['n']}): {line}")
+    evaluation.print_comparison(metrics)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tinyreason import grpo
 
     grpo.add_parser(sub)  # recipe (Tina GRPO presets)
+    from tinyreason import evaluation
+
+    evaluation.add_parser(sub)  # compare
     return parser
 
 

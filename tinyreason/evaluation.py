@@ -14,6 +14,7 @@ import torch
 
 from tinyreason import grading, stats
 from tinyreason.config import RunConfig
+from tinyreason.errors import TinyReasonError
 from tinyreason.generation import GenerationSettings, generate_completions
 
 
@@ -87,3 +88,73 @@ def free_model(model) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def check_fits_context(model, tokenizer, cfg: RunConfig, rows: list[dict], source) -> None:
+    """The longest prompt plus evaluate.max_new_tokens must fit in the model's context window."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    context = getattr(config, "max_position_embeddings", None)
+    if not context or not rows:
+        return
+    lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]]
+    longest = max(range(len(rows)), key=lengths.__getitem__)
+    need = lengths[longest] + cfg.evaluate.max_new_tokens
+    if need > context:
+        row = rows[longest]
+        raise TinyReasonError(f"{source}: {row['benchmark']} problem {row['id']!r} has a {lengths[longest]}-token "
+                              f"prompt; with evaluate.max_new_tokens={cfg.evaluate.max_new_tokens} that is {need} "
+                              f"tokens, past the model's context of {context} (fix: set evaluate.max_new_tokens "
+                              f"<= {max(context - lengths[longest], 0)}, or limit that benchmark)")
+
+
+def accuracy_datapoints(metrics: dict) -> list[dict]:
+    """Rows for DVCLive's bar plot: one per benchmark and model."""
+    return [{"benchmark": f"{bench} ({label})", "accuracy": entry[label]["accuracy"]}
+            for bench, entry in metrics.items() for label in ("base", "adapter") if label in entry]
+
+
+def comparison_table(metrics: dict):
+    """A rich Table: per benchmark, base and adapter accuracy with 95% intervals, the paired
+    difference with its interval, and McNemar's p-value."""
+    from rich.table import Table
+
+    def acc(s):
+        return f"{s['accuracy']:.1%} [{s['accuracy_ci95_low']:.1%}, {s['accuracy_ci95_high']:.1%}]"
+
+    table = Table(title="adapter vs base (95% intervals; exact McNemar p)")
+    for column in ("benchmark", "n", "base", "adapter", "difference", "p"):
+        table.add_column(column, justify="left" if column == "benchmark" else "right")
+    for bench, entry in metrics.items():
+        paired = entry.get("adapter_vs_base")
+        table.add_row(
+            bench, str(entry["adapter"]["n"]),
+            acc(entry["base"]) if "base" in entry else "-", acc(entry["adapter"]),
+            f"{paired['difference']:+.1%} [{paired['ci_low']:+.1%}, {paired['ci_high']:+.1%}]" if paired else "-",
+            f"{paired['p_value']:.3g}" if paired else "-")
+    return table
+
+
+def print_comparison(metrics: dict) -> None:
+    from rich.console import Console
+
+    Console().print(comparison_table(metrics))
+
+
+def compare_command(args) -> int:
+    import json
+    from pathlib import Path
+
+    path = Path(args.metrics)
+    if not path.is_file():
+        raise TinyReasonError(f"{path}: not found (fix: run the evaluate stage, `dvc repro`)")
+    print_comparison(json.loads(path.read_text()))
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("compare", help="print adapter vs base per benchmark from metrics.json",
+                                   description="Adapter vs base per benchmark, with 95%% intervals and "
+                                               "McNemar's p. To compare two experiments, use "
+                                               "`dvc metrics diff` or `dvc exp show`.")
+    parser.add_argument("metrics", nargs="?", default="metrics.json")
+    parser.set_defaults(func=compare_command)

@@ -1,0 +1,63 @@
+"""evaluation: records -> per-benchmark metrics with intervals and the paired test; compare table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from scipy.stats import binomtest
+
+from tinyreason import evaluation, stats
+
+
+def records(label, verdicts, bench="gsm8k", samples=None):
+    out = []
+    for i, v in enumerate(verdicts):
+        for s, c in enumerate(samples[i] if samples else [v]):
+            out.append({"model": label, "benchmark": bench, "id": f"p{i}", "sample": s, "correct": c,
+                        "formatted": True})
+    return out
+
+
+def test_metrics_hold_accuracy_wilson_interval_and_paired_mcnemar():
+    base = records("base", [1, 0, 0, 0, 1, 0, 0, 0, 0, 0])
+    adapter = records("adapter", [1, 1, 1, 1, 1, 0, 1, 1, 0, 0])
+    metrics = evaluation.build_metrics({"base": base, "adapter": adapter}, samples=1)["gsm8k"]
+    assert metrics["base"]["accuracy"] == pytest.approx(0.2) and metrics["adapter"]["accuracy"] == pytest.approx(0.7)
+    lo, hi = stats.wilson_interval(7, 10)
+    assert (metrics["adapter"]["accuracy_ci95_low"], metrics["adapter"]["accuracy_ci95_high"]) == (lo, hi)
+    paired = metrics["adapter_vs_base"]
+    assert paired["difference"] == pytest.approx(0.5)
+    # 5 problems flipped to correct, none to wrong: exact McNemar = two-sided binomial on 5 discordant pairs.
+    assert paired["p_value"] == pytest.approx(binomtest(0, 5, 0.5).pvalue)
+    assert paired["ci_low"] < 0.5 < paired["ci_high"]
+
+
+def test_mean_and_pass_at_k_with_several_samples():
+    per_problem = [[1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]]
+    recs = records("adapter", [None] * 3, samples=per_problem)
+    summary = evaluation.summarise(recs, samples=4)
+    assert summary["mean_at_4"] == pytest.approx((0.25 + 1 + 0) / 3)
+    assert summary["pass_at_4"] == pytest.approx(2 / 3)
+    assert summary["accuracy"] == pytest.approx(2 / 3)  # sample 0
+
+
+def test_compare_command_prints_a_table(tmp_path):
+    metrics = evaluation.build_metrics({"base": records("base", [1, 0, 0, 1]),
+                                        "adapter": records("adapter", [1, 1, 0, 1])}, samples=1)
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(metrics))
+    out = subprocess.run([sys.executable, "-m", "tinyreason.cli", "compare", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    assert "gsm8k" in out and "50.0%" in out and "75.0%" in out and "+25.0%" in out
+    missing = subprocess.run([sys.executable, "-m", "tinyreason.cli", "compare", str(tmp_path / "nope.json")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "nope.json: not found" in missing.stderr
+
+
+def test_accuracy_datapoints_one_bar_per_benchmark_and_model():
+    metrics = evaluation.build_metrics({"base": records("base", [1, 0]), "adapter": records("adapter", [1, 1])}, 1)
+    assert evaluation.accuracy_datapoints(metrics) == [{"benchmark": "gsm8k (base)", "accuracy": 0.5},
+                                                       {"benchmark": "gsm8k (adapter)", "accuracy": 1.0}]
