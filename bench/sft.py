@@ -61,20 +61,37 @@ REDO = "python bench/sft.py   # on one CUDA GPU, from the repo root (with trl, b
 # Setup: tokenizer, model, data
 
 
+def word_list(n: int) -> list[str]:
+    """n distinct letter-only words (aa, ab, ..., zzz, aaaa, ...): one BPE token each after training."""
+    import itertools
+    import string
+
+    out = []
+    for k in (2, 3, 4):
+        for letters in itertools.product(string.ascii_lowercase, repeat=k):
+            out.append("".join(letters))
+            if len(out) == n:
+                return out
+    return out
+
+
 def build_tokenizer(out: Path, words: int):
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    """A byte-level BPE trained on the word list, ChatML special tokens and template. Saved next to a
+    qwen2 config, AutoTokenizer loads it as Qwen2Tokenizer with the same ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    for w in ["system", "user", "assistant", "<think>", "</think>", "**Final", "Answer:**"]:
-        vocab[w] = len(vocab)
-    for i in range(words):
-        vocab[f"w{i}"] = len(vocab)
-    vocab["[UNK]"] = len(vocab)
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", eos_token="<|im_end|>",
-                                  pad_token="<|endoftext|>", additional_special_tokens=SPECIALS[1:])
+    names = word_list(words)
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=3 * words, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [" " + " ".join(names[i:i + 100]) for i in range(0, len(names), 100)] * 3
+    corpus += ["<think>\n system user assistant </think>\n**Final Answer:** "] * 20
+    core.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  additional_special_tokens=SPECIALS[1:])
     tok.chat_template = CHATML
     tok.save_pretrained(out)
     return tok
@@ -101,17 +118,18 @@ def build_data(work: Path, tokenizer, n_train: int, n_val: int, words: int) -> d
     from tinyreason.config import PromptConfig
 
     rng = random.Random(3407)
+    names = word_list(words)
     weights = [1.0 / (i + 1) for i in range(words)]  # Zipf
-    fmt = PromptConfig(system=" ".join(f"w{i}" for i in range(40)), think_prefix="<think> ",
+    fmt = PromptConfig(system=" ".join(names[1000:1040]), think_prefix="<think>\n",
                        answer_template="**Final Answer:** {answer}")
     rows, lengths = [], []
     for _ in range(n_train + n_val):
         total = rng.randint(150, 350)
         question = rng.randint(25, 70)
         reasoning = max(total - 40 - question - 16, 10)
-        q = " ".join(rng.choices([f"w{i}" for i in range(words)], weights, k=question))
-        r = " ".join(rng.choices([f"w{i}" for i in range(words)], weights, k=reasoning))
-        ex = prompts.render_sft_example(tokenizer, fmt, q, r, f"w{rng.randrange(100)}")
+        q = " ".join(rng.choices(names, weights, k=question))
+        r = " ".join(rng.choices(names, weights, k=reasoning))
+        ex = prompts.render_sft_example(tokenizer, fmt, q, r, names[rng.randrange(100)])
         rows.append(json.dumps({"prompt": ex["prompt"], "completion": ex["completion"]}))
         lengths.append(len(tokenizer(ex["text"], add_special_tokens=False)["input_ids"]))
     (work / "train.jsonl").write_text("\n".join(rows[:n_train]) + "\n")
@@ -139,7 +157,33 @@ def make_cfg(work: Path, speed: str, tiny: bool):
     return config_from_dict(_deep_merge(raw, over), "bench")
 
 
-def worker(work: Path, name: str, speed: str, stop_at: int, ablation: str | None, tiny: bool) -> dict:
+def add_profile_labels():
+    """Label Trainer's per-step phases for torch.profiler (the optimizer step is labelled by torch)."""
+    import accelerate
+    import torch
+    import transformers
+
+    from tinyreason import sft
+
+    def wrap(owner, attr, label):
+        original = getattr(owner, attr)
+
+        def labelled(*a, **kw):
+            with torch.profiler.record_function(label):
+                return original(*a, **kw)
+
+        setattr(owner, attr, labelled)
+
+    wrap(sft, "lean_causal_lm_loss", "## forward+loss")
+    wrap(accelerate.Accelerator, "backward", "## backward")
+    wrap(accelerate.Accelerator, "clip_grad_norm_", "## clip_grad_norm")
+    wrap(transformers.Trainer, "get_batch_samples", "## data")
+    wrap(transformers.Trainer, "_track_num_input_tokens", "## tokens_seen")
+    wrap(transformers.Trainer, "_maybe_log_save_evaluate", "## log")
+
+
+def worker(work: Path, name: str, speed: str, stop_at: int, ablation: str | None, tiny: bool,
+           eval_at: int | None = None, profile_at: int | None = None) -> dict:
     import dataclasses
 
     import torch
@@ -150,15 +194,35 @@ def worker(work: Path, name: str, speed: str, stop_at: int, ablation: str | None
     cfg = make_cfg(work, speed, tiny)
     cuda = torch.cuda.is_available()
 
+    if profile_at:
+        add_profile_labels()
+
     class Clock(TrainerCallback):
         def __init__(self):
-            self.ends, self.interrupted = {}, set()
+            self.ends, self.interrupted, self.prof = {}, set(), None
+
+        def on_step_begin(self, args, state, control, **kw):
+            if profile_at and state.global_step == profile_at and self.prof is None:
+                acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+                self.prof = torch.profiler.profile(activities=acts)
+                self.prof.__enter__()
 
         def on_step_end(self, args, state, control, **kw):
             if cuda:
                 torch.cuda.synchronize()
             self.ends[state.global_step] = time.perf_counter()
-            if state.global_step >= stop_at:
+            step = state.global_step
+            if profile_at and step == profile_at + 3 and self.prof is not None:
+                self.prof.__exit__(None, None, None)
+                self.interrupted.update(range(profile_at - 1, profile_at + 4))
+                table = self.prof.key_averages()
+                text = ["## 3 steps of " + name, table.table(sort_by="self_cpu_time_total", row_limit=30)]
+                if cuda:
+                    text.append(table.table(sort_by="self_cuda_time_total", row_limit=20))
+                (work / f"profile-{name}.txt").write_text("\n".join(text))
+            if eval_at and step == eval_at:
+                control.should_evaluate = True
+            if step >= stop_at:
                 control.should_training_stop = True
 
         def on_evaluate(self, args, state, control, **kw):
@@ -174,7 +238,8 @@ def worker(work: Path, name: str, speed: str, stop_at: int, ablation: str | None
         tok = load_tokenizer(cfg.model)
         base = sft.make_speed_plan(cfg, tok, sft.read_prompt_completion(work / "train.jsonl"))
         change = {"no-liger": dict(liger=False), "nf4": dict(load_in_4bit=True, pure_bf16=False),
-                  "padded": dict(padding_free=False)}[ablation]
+                  "padded": dict(padding_free=False), "fused-adamw": dict(optim="adamw_torch_fused"),
+                  "liger": dict(liger=True)}[ablation]
         plan = dataclasses.replace(base, **change, reason=f"{base.reason}; ablation: {ablation}")
     clock = Clock()
     if cuda:
@@ -288,19 +353,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/tinyreason-bench-sft"))
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    ap.add_argument("--seed-steps", type=int, default=50)
-    ap.add_argument("--ablation-steps", type=int, default=60)
-    ap.add_argument("--configs", default="fast,seed-stack,fast-no-liger,fast-nf4,fast-padded")
+    ap.add_argument("--seed-steps", type=int, default=25)
+    ap.add_argument("--compare-step", type=int, default=None,
+                    help="also evaluate the fast run here (default: --seed-steps) to compare eval losses")
+    ap.add_argument("--profile-at", type=int, default=20, help="torch.profiler over 3 fast steps from here")
+    ap.add_argument("--ablation-steps", type=int, default=40)
+    ap.add_argument("--configs", default="fast,seed-stack,fast-fused-adamw,fast-no-liger,fast-nf4,fast-padded")
     ap.add_argument("--budget-s", type=float, default=540, help="skip configs that would start after this")
     ap.add_argument("--tiny", action="store_true", help="CPU dry run on a tiny model")
     ap.add_argument("--worker", nargs=4, metavar=("NAME", "SPEED", "STOP_AT", "ABLATION"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.compare_step is None:
+        args.compare_step = 6 if args.tiny else args.seed_steps
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     if args.worker:
         name, speed, stop_at, ablation = args.worker
-        res = worker(args.work, name, speed, int(stop_at), None if ablation == "-" else ablation, args.tiny)
+        res = worker(args.work, name, speed, int(stop_at), None if ablation == "-" else ablation, args.tiny,
+                     eval_at=args.compare_step, profile_at=args.profile_at if name == "fast" else None)
         (args.work / f"result-{name}.json").write_text(json.dumps(res))
         return
 
@@ -321,7 +392,8 @@ def main() -> None:
     abl_steps = 6 if args.tiny else args.ablation_steps
     table = {"fast": ("fast", 6 if args.tiny else 10**9, "-"), "seed-stack": ("faithful", seed_steps, "-"),
              "fast-no-liger": ("fast", abl_steps, "no-liger"), "fast-nf4": ("fast", abl_steps, "nf4"),
-             "fast-padded": ("fast", abl_steps, "padded")}
+             "fast-padded": ("fast", abl_steps, "padded"), "fast-fused-adamw": ("fast", abl_steps, "fused-adamw"),
+             "fast-liger": ("fast", abl_steps, "liger")}
     results = []
     for name in args.configs.split(","):
         if time.perf_counter() - start > args.budget_s:
@@ -329,7 +401,8 @@ def main() -> None:
             continue
         speed, stop_at, ablation = table[name]
         cmd = [sys.executable, str(Path(__file__).resolve()), "--work", str(args.work), "--worker", name, speed,
-               str(stop_at), ablation] + (["--tiny"] if args.tiny else [])
+               str(stop_at), ablation, "--compare-step", str(args.compare_step if name in ("fast", "seed-stack") else 0),
+               "--profile-at", str(args.profile_at)] + (["--tiny"] if args.tiny else [])
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         out_file = args.work / f"result-{name}.json"
@@ -363,10 +436,13 @@ def main() -> None:
         report["same_learning"] = compare(seed, by_name["fast"])
     md = markdown(report)
     print(md, flush=True)
-    tag = "cpu-tiny" if args.tiny else gpu["gpu"].split()[-1].lower().replace("/", "-")
+    tag = "cpu-tiny" if args.tiny else next((k.lower() for k in PEAK_BF16 if k in gpu["gpu"]), "gpu")
     stem = f"sft-{tag}-{datetime.date.today().isoformat()}"
+    profile = args.work / "profile-fast.txt"
     for folder in [args.out] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else []):
         folder.mkdir(parents=True, exist_ok=True)
+        if profile.is_file():
+            (folder / f"{stem}-profile.txt").write_text(profile.read_text())
         (folder / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
         (folder / f"{stem}.md").write_text(md)
     print(f"wrote {stem}.json/.md; redo: {report['command']}  ({time.perf_counter() - start:.0f} s)")

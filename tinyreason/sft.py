@@ -72,6 +72,7 @@ class SpeedPlan:
     lean_loss: bool = False         # FastSFTTrainer.compute_loss instead of TRL's
     liger: bool = False             # Liger RMSNorm/RoPE/SwiGLU kernels (CUDA, when installed)
     pure_bf16: bool = False         # bf16 weights and LoRA, no autocast (CUDA, no 4-bit)
+    optim: str | None = None        # None: train.optim
     estimated_peak_gib: float | None = None
     reason: str = ""
 
@@ -318,7 +319,7 @@ def build_sft_config(cfg: RunConfig, output_dir: Path, plan: SpeedPlan | None = 
     plan = plan or plan_speed(cfg, cuda=torch.cuda.is_available())
     dtype = modeling.compute_dtype(cfg.model)
     on_cuda = torch.cuda.is_available()
-    if t.optim in ("adamw_8bit", "paged_adamw_8bit") and not on_cuda:
+    if (plan.optim or t.optim) in ("adamw_8bit", "paged_adamw_8bit") and not on_cuda:
         raise TinyReasonError(f"train.optim: {t.optim} (bitsandbytes) needs a CUDA GPU (fix: set "
                               "train.optim=adamw_torch, or run the CPU profile: dvc exp run -S profile=cpu)")
     amp = on_cuda and not plan.pure_bf16
@@ -336,7 +337,7 @@ def build_sft_config(cfg: RunConfig, output_dir: Path, plan: SpeedPlan | None = 
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type,
         warmup_steps=t.warmup_steps,
-        optim=t.optim,
+        optim=plan.optim or t.optim,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         eval_strategy="steps",
