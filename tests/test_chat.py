@@ -295,9 +295,8 @@ def test_chat_ctrl_c_stops_the_answer_then_ctrl_c_quits_cleanly():
     assert "Traceback" not in transcript and "KeyboardInterrupt" not in transcript
 
 
-@pytest.mark.slow
-def test_chat_ctrl_d_quits_cleanly_with_history_and_new():
-    child = spawn_chat("--max-new-tokens", "8", "--history")
+def test_chat_ctrl_d_quits_cleanly_with_history_and_new(tiny_model):
+    child = spawn_chat("--model", tiny_model, "--max-new-tokens", "8", "--temperature", "0", "--history")
     child.expect_exact(">>> ")
     assert "/new" in ANSI.sub("", child.before)
     child.sendline("What is 1+1?")
