@@ -1,15 +1,18 @@
 """GRPO benchmark: TRL GRPOTrainer with HF generate vs tinyreason's GRPO path, side by side, one GPU.
 
-Both run `tinyreason.grpo.train_grpo` (TRL 1.16 GRPOTrainer + PEFT LoRA, same GRPOConfig, same
-rewards); only the rollouts differ:
-    trl-hf-generate : train.grpo.rollout=trl    (TRL's own path: HF `generate`, left padded)
-    tinyreason      : train.grpo.rollout=engine (TRL rollout_func -> tinyreason.generation's
-                      static-cache, CUDA-graph, continuous-batching engine on the unmerged LoRA model)
+All variants run `tinyreason.grpo.train_grpo` (TRL 1.16 GRPOTrainer + PEFT LoRA, same GRPOConfig
+semantics, same rewards, 64 completions per optimizer step); they differ in rollouts and micro-batching:
+    trl-hf-generate          : rollout=trl: TRL's own path (HF `generate`, left padded), micro-batch
+                               8 x accumulation 8, gradient checkpointing (Tina's training settings)
+    tinyreason-unmerged      : rollout=engine (TRL rollout_func -> tinyreason.generation's static-cache,
+                               CUDA-graph, continuous-batching engine) on the unmerged PEFT model
+    tinyreason-fast-unmerged : + micro-batch 16 x accumulation 4, no gradient checkpointing
+    tinyreason-fast          : + rollouts on merged weights (train.grpo.merge_for_rollout, default)
+Same gradient for every variant: loss_type grpo averages per sequence, and accumulation rescales.
 
-Workload per optimizer step: 8 prompts x 8 completions x 512 new tokens (64 completions; micro-batch
-8 x gradient accumulation 8), LoRA r32 / alpha 128 / dropout 0.05 on the 7 projections (Tina),
-bf16, gradient checkpointing, beta 0.04 (reference pass through the adapter-disabled model),
-loss_type grpo, rewards format + accuracy. Model: random-weight Qwen2.5-1.5B built from its config in
+Workload per optimizer step: 8 prompts x 8 completions x 512 new tokens (64 completions), LoRA r32 /
+alpha 128 / dropout 0.05 on the 7 projections (Tina), bf16, beta 0.04 (reference pass through the
+adapter-disabled model), loss_type grpo, rewards format + accuracy. Model: random-weight Qwen2.5-1.5B built from its config in
 code (hidden 1536, 28 layers, 12 heads, 2 KV heads, intermediate 8960, vocab 151936, tied embeddings)
 with a word-level tokenizer covering the whole vocabulary. Random weights almost never emit EOS, so
 completions run to 512 tokens (the mean length is reported).
@@ -28,6 +31,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -85,8 +89,13 @@ def build_assets(work: Path, dims: dict) -> None:
 # Variants: rollout backend and training-side params (all keep 64 completions per optimizer step).
 VARIANTS = {
     "trl-hf-generate": {"rollout": "trl"},
-    "tinyreason": {"rollout": "engine"},
+    # engine rollouts on the unmerged PEFT model, TRL's micro-batching (8 x 8, gradient checkpointing)
+    "tinyreason-unmerged": {"rollout": "engine", "grpo": {"merge_for_rollout": False}},
     # + micro-batch 16 x accumulation 4 and no gradient checkpointing (the 1.5B fits easily in 80 GB)
+    "tinyreason-fast-unmerged": {"rollout": "engine", "per_device_train_batch_size": 16,
+                                 "gradient_accumulation_steps": 4, "gradient_checkpointing": False,
+                                 "grpo": {"merge_for_rollout": False}},
+    # + rollouts on merged weights (train.grpo.merge_for_rollout, the default): tinyreason's GRPO path
     "tinyreason-fast": {"rollout": "engine", "per_device_train_batch_size": 16, "gradient_accumulation_steps": 4,
                         "gradient_checkpointing": False},
 }
@@ -113,7 +122,9 @@ def make_cfg(work: Path, rollout: str, steps: int, tiny: bool, train: dict | Non
                            "max_completion_length": 16 if tiny else 512, "temperature": 0.7, "beta": 0.04,
                            "loss_type": "grpo", "rollout": rollout, "max_prompt_length": 256}},
     }
-    over["train"].update(train or {})
+    train = dict(train or {})
+    over["train"]["grpo"].update(train.pop("grpo", {}))
+    over["train"].update(train)
     return config_from_dict(_deep_merge(raw, over))
 
 
@@ -152,8 +163,10 @@ def worker(work: Path, name: str, rollout: str, steps: int, tiny: bool) -> dict:
     GRPOTrainer.__init__ = init_with_timer
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    ckpt = work / f"ckpt-{name}"
+    shutil.rmtree(ckpt, ignore_errors=True)  # never resume an earlier run's checkpoint (0 steps timed)
     t0 = time.perf_counter()
-    result = grpo.train_grpo(cfg, work / "train.jsonl", None, work / f"ckpt-{name}")
+    result = grpo.train_grpo(cfg, work / "train.jsonl", None, ckpt)
     total = time.perf_counter() - t0
     logs = [e for e in result.trainer.state.log_history if "completions/mean_length" in e]
     mean_len = statistics.mean(e["completions/mean_length"] for e in logs)
@@ -219,7 +232,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="CPU dry run on a tiny model")
     ap.add_argument("--engine-steps", type=int, default=5)
     ap.add_argument("--trl-steps", type=int, default=2)
-    ap.add_argument("--variants", default="tinyreason-fast,tinyreason,trl-hf-generate")
+    ap.add_argument("--variants", default="tinyreason-fast,tinyreason-fast-unmerged,trl-hf-generate")
     ap.add_argument("--worker", nargs=3, metavar=("NAME", "ROLLOUT", "STEPS"), help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, default=Path("/tmp/grpo-bench"))
     args = ap.parse_args()

@@ -383,3 +383,40 @@ def test_train_stage_runs_grpo_and_reports_cost(toy_setup, tmp_path):
     assert set(metrics["cost"]) >= {"gpu_seconds", "usd", "wall_seconds"} and "format" in metrics["final_rewards"]
     assert (work / "models" / "adapter" / "adapter_config.json").is_file()
     assert (work / "dvclive" / "train" / "plots" / "metrics" / "train" / "rewards" / "format" / "mean.tsv").is_file()
+
+
+def test_merged_shadow_generates_like_the_unmerged_lora_model(toy_setup, one_thread):
+    """Rollouts on merged weights = rollouts on the PEFT model; a changed adapter is seen after refresh."""
+    import torch
+    from peft import get_peft_model
+
+    from tinyreason import modeling
+    from tinyreason.generation import GenerationEngine
+    from tinyreason.grpo import MergedShadow
+
+    root, model_dir, _ = toy_setup
+    cfg = toy_config(model_dir, root / "train.jsonl", 2)
+    model = get_peft_model(modeling.load_base_model(cfg.model), modeling.lora_config(cfg.train.lora))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # a trained-looking adapter (B starts at zero)
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+
+    def greedy(m):
+        return GenerationEngine(m, max_batch_size=3, max_seq_len=64).generate(prompts, 12, temperature=0.0)
+
+    shadow = MergedShadow(model)
+    assert greedy(shadow.model) == greedy(model)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_A" in name:
+                param.mul_(-1.0)
+    before = greedy(shadow.model)
+    shadow.refresh()
+    after = greedy(shadow.model)
+    assert after == greedy(model) and after != before
+    base_q = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    assert shadow.model.model.embed_tokens.weight.data_ptr() == model.get_base_model().model.embed_tokens.weight.data_ptr()
+    assert shadow.model.model.layers[0].self_attn.q_proj.weight.data_ptr() != base_q.data_ptr()

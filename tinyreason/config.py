@@ -124,6 +124,9 @@ class GrpoSettings:
     # Rollouts: engine = tinyreason.generation's static-cache engine (CUDA); trl = TRL's HF generate;
     # auto = engine on CUDA, trl on CPU.
     rollout: str = field(default="auto", metadata=_range(choices=("auto", "engine", "trl")))
+    # Engine rollouts on a merged copy of the adapted weights (W + BA, refreshed every rollout) instead of
+    # the unmerged LoRA model: no adapter matmuls per generated token. Off: the engine runs PEFT as is.
+    merge_for_rollout: bool = True
     log_completions: bool = False
 
 
