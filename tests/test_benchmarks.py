@@ -15,7 +15,6 @@ from tinyreason.benchmarks import (
     Problem,
     load_benchmark,
     shuffle_choices,
-    split_gsm8k_answer,
 )
 from tinyreason.errors import DataError, TinyReasonError
 
@@ -92,14 +91,6 @@ def test_math_sets_fields():
     assert load_benchmark("amc23")[0].id == "0"
     assert load_benchmark("minerva_math")[1].gold == "4.5e33"
 
-
-def test_split_gsm8k_answer():
-    assert split_gsm8k_answer("a <<1+1=2>>2 b\n#### 1,234") == ("a 2 b", "1234")
-    with pytest.raises(ValueError):
-        split_gsm8k_answer("no marker 5")
-
-
-# ------------------------------------------------------------------------------------------------ limit, path
 
 def test_limit_takes_first_n_in_file_order():
     full = load_benchmark("math500")

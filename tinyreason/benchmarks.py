@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
+from tinyreason.data import split_gsm8k_answer
 from tinyreason.errors import DataError, TinyReasonError
 
 AnswerFormat = Literal["final_answer", "boxed", "choice"]
@@ -119,8 +120,6 @@ def get_spec(name: str) -> BenchmarkSpec:
 
 _QUESTION_FIELDS = ("problem", "question", "Question")
 _ID_FIELDS = ("id", "unique_id", "problem_idx", "Record ID")
-_CALCULATOR = re.compile(r"<<[^<>]*>>")
-_GSM8K_ANSWER = re.compile(r"\n?####\s*(.*?)\s*$", re.S)
 
 
 def _first_field(row: dict, fields: Iterable[str]) -> tuple[str | None, Any]:
@@ -128,19 +127,6 @@ def _first_field(row: dict, fields: Iterable[str]) -> tuple[str | None, Any]:
         if field in row and row[field] is not None:
             return field, row[field]
     return None, None
-
-
-def split_gsm8k_answer(answer: str) -> tuple[str, str]:
-    """GSM8K `answer` -> (reasoning without calculator annotations, gold number without thousands
-    separators). Raises ValueError when there is no `#### N` line."""
-    match = _GSM8K_ANSWER.search(answer)
-    if match is None or "####" not in answer:
-        raise ValueError("no '#### <answer>' line")
-    gold = re.sub(r"(?<=\d),(?=\d)", "", match.group(1).strip())
-    if not gold:
-        raise ValueError("empty answer after '####'")
-    reasoning = _CALCULATOR.sub("", answer[: match.start()]).strip()
-    return reasoning, gold
 
 
 def _row_to_problem(row: dict, index: int, spec: BenchmarkSpec, where: str, seed: int) -> Problem:
@@ -162,10 +148,11 @@ def _row_to_problem(row: dict, index: int, spec: BenchmarkSpec, where: str, seed
 
     solution = row.get("solution") or ""
     if spec.answer_format == "final_answer":
-        try:
-            solution, gold = split_gsm8k_answer(answer)
-        except ValueError as exc:
-            raise DataError(f"{where}: 'answer' has {exc}; GSM8K answers end with a line '#### <number>'") from None
+        parts = split_gsm8k_answer(answer)
+        if parts is None:
+            raise DataError(f"{where}: 'answer' has no reasoning and '#### <number>' line (fix: GSM8K "
+                            "answers are worked steps ending with a line '#### <number>')")
+        solution, gold = parts
     else:
         gold = answer
     _, row_id = _first_field(row, _ID_FIELDS)
