@@ -264,3 +264,20 @@ def test_atomic_directory_disk_full_is_one_line(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert "adapter" in str(err.value) and "free disk space" in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from tinyreason.outputs import atomic_directory, atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "metrics.json", "{}")
+        with atomic_directory(tmp_path / "adapter") as out:
+            (out / "weights").write_text("x")
+        assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
+        assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == 0o755
+    finally:
+        os.umask(mask)

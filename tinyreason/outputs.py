@@ -21,6 +21,16 @@ from tinyreason.errors import TinyReasonError
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create 0600/0700 entries; outputs get the modes a plain open()/mkdir() would give.
+FILE_MODE, DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
+
+
 class DiskFullError(TinyReasonError):
     """ENOSPC/EDQUOT while writing `path`, as one line."""
 
@@ -39,6 +49,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -62,6 +73,7 @@ def atomic_directory(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp, DIR_MODE)
     try:
         yield tmp
     except BaseException as exc:
