@@ -59,6 +59,7 @@ def test_sft_teaches_arithmetic_and_evaluation_sees_it(tmp_path, smollm_tokenize
         before = evaluation.summarise(evaluation.predict(model, smollm_tokenizer, cfg, test_rows, "base"), 1)
     after = evaluation.summarise(evaluation.predict(model, smollm_tokenizer, cfg, test_rows, "adapter"), 1)
 
+    print(f"accuracy before {before['accuracy']:.0%}, after {after['accuracy']:.0%} (n={after['n']})")
     assert result.metrics["steps"] == 20
     assert before["accuracy"] <= 0.2, before
     assert after["accuracy"] >= 0.6, after
