@@ -575,15 +575,18 @@ class GenerationEngine:
                 total += len(prompts[end])
                 end += 1
             chunk = prompts[start:end]
-            lens = torch.tensor([len(p) for p in chunk])
-            flat = torch.tensor([t for p in chunk for t in p], dtype=torch.long)
-            positions = torch.arange(total) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
-            slot_of = torch.repeat_interleave(torch.tensor(slots[start:end]), lens)
-            cu = torch.zeros(len(chunk) + 1, dtype=torch.int32)
-            cu[1:] = torch.cumsum(lens, 0)
-            dev = self.device
-            outs.append(self._prefill_packed_forward(flat.to(dev), positions.to(dev), slot_of.to(dev), cu.to(dev),
-                                                     int(lens.max())))
+            lens = [len(p) for p in chunk]
+            # built as Python lists: torch.repeat_interleave on CPU took ~10 ms a call here
+            flat = [t for p in chunk for t in p]
+            positions = [i for n in lens for i in range(n)]
+            slot_of = [sl for sl, n in zip(slots[start:end], lens) for _ in range(n)]
+            cu = [0]
+            for n in lens:
+                cu.append(cu[-1] + n)
+            host = torch.tensor([flat, positions, slot_of], dtype=torch.long)
+            dev = host.to(self.device, non_blocking=True)
+            cu_t = torch.tensor(cu, dtype=torch.int32).to(self.device, non_blocking=True)
+            outs.append(self._prefill_packed_forward(dev[0], dev[1], dev[2], cu_t, max(lens)))
             self.stats["prefill_padded_tokens"] = self.stats.get("prefill_padded_tokens", 0) + total
             self.stats["prefill_chunks"] = self.stats.get("prefill_chunks", 0) + 1
             start = end
@@ -750,7 +753,9 @@ def generate_token_ids(model, prompt_ids: Sequence[Sequence[int]], settings: Gen
     """Token ids in, new token ids out (EOS included when it ended a request), through the engine.
 
     Pass `engine` to reuse one across calls (GRPO rollouts: its CUDA graphs and cache stay; the
-    graphs read the model's weights in place, so optimizer steps are seen). Stop strings need
+    graphs read the model's weights in place, so optimizer steps are seen; but they also freeze
+    the Python-side choices made at capture, so do not reuse an engine across toggling adapters on
+    and off, e.g. a PEFT `disable_adapter()` reference pass). Stop strings need
     `tokenizer`. `max_new_tokens` (per prompt) overrides `settings.max_new_tokens`.
     """
     budgets = list(max_new_tokens) if max_new_tokens is not None else [settings.max_new_tokens] * len(prompt_ids)
