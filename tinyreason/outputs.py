@@ -40,22 +40,38 @@ class DiskFullError(TinyReasonError):
                          "rerun the stage; nothing was written)")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def atomic_write_files(contents: dict) -> None:
+    """Write several files as one output: every file goes to a temporary sibling first (synced),
+    and only when all are complete are they renamed into place, so a failure or a kill while
+    writing leaves every old file as it was."""
+    written: list[tuple[str, Path]] = []
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
+        for path, text in contents.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            written.append((tmp, path))
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, FILE_MODE)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
+        for tmp, _ in written:
+            Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-            raise DiskFullError(path) from None
+            raise DiskFullError(written[-1][1] if written else "output") from None
         raise
+    for tmp, path in written:
+        os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_files({path: text})
+
+
+def jsonl_text(rows) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def atomic_write_json(path: str | Path, data) -> None:
@@ -63,7 +79,7 @@ def atomic_write_json(path: str | Path, data) -> None:
 
 
 def atomic_write_jsonl(path: str | Path, rows) -> None:
-    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    atomic_write_text(path, jsonl_text(rows))
 
 
 @contextmanager
