@@ -12,8 +12,8 @@ Same gradient for every variant: loss_type grpo averages per sequence, and accum
 
 Workload per optimizer step: 8 prompts x 8 completions x 512 new tokens (64 completions), LoRA r32 /
 alpha 128 / dropout 0.05 on the 7 projections (Tina), bf16, beta 0.04 (reference pass through the
-adapter-disabled model), loss_type grpo, rewards format + accuracy. Model: random-weight Qwen2.5-1.5B built from its config in
-code (hidden 1536, 28 layers, 12 heads, 2 KV heads, intermediate 8960, vocab 151936, tied embeddings)
+adapter-disabled model), loss_type grpo, rewards format + accuracy. Model: random-weight
+Qwen2.5-1.5B built from its config in code (hidden 1536, 28 layers, 12 heads, 2 KV heads, intermediate 8960, vocab 151936, tied embeddings)
 with a word-level tokenizer covering the whole vocabulary. Random weights almost never emit EOS, so
 completions run to 512 tokens (the mean length is reported).
 

@@ -420,3 +420,8 @@ def test_merged_shadow_generates_like_the_unmerged_lora_model(toy_setup, one_thr
     base_q = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
     assert shadow.model.model.embed_tokens.weight.data_ptr() == model.get_base_model().model.embed_tokens.weight.data_ptr()
     assert shadow.model.model.layers[0].self_attn.q_proj.weight.data_ptr() != base_q.data_ptr()
+
+
+def test_cpu_profile_with_grpo_validates():
+    cfg = config_from_dict(_deep_merge(repo_params(), {"profile": "cpu", "train": {"method": "grpo"}}))
+    assert cfg.train.grpo.num_generations == 2 and cfg.train.grpo.max_completion_length == 48
