@@ -36,6 +36,7 @@ from transformers import TrainerCallback
 
 from tinyreason import modeling
 from tinyreason.config import RunConfig
+from tinyreason.sft import TrainResult
 from tinyreason.errors import DataError, TinyReasonError
 
 log = logging.getLogger(__name__)
@@ -340,7 +341,7 @@ def use_engine(cfg: RunConfig) -> bool:
 
 
 def train_grpo(cfg: RunConfig, train_file: Path, val_file: Path | None, checkpoint_dir: Path, live=None,
-               reward_funcs: list | None = None) -> "TrainResult":  # noqa: F821
+               reward_funcs: list | None = None) -> TrainResult:
     """Run GRPO; resumes from the last complete checkpoint in `checkpoint_dir` when there is one.
 
     `val_file` is unused (GRPO keeps no eval loss; the last step is the result). `reward_funcs`
@@ -349,7 +350,7 @@ def train_grpo(cfg: RunConfig, train_file: Path, val_file: Path | None, checkpoi
     from trl import GRPOTrainer
 
     from tinyreason import rewards
-    from tinyreason.sft import TrainResult, _step_of, last_checkpoint
+    from tinyreason.sft import _step_of, last_checkpoint
     from tinyreason.tracking import LiveMetricsCallback
 
     g = cfg.train.grpo
