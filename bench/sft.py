@@ -236,8 +236,8 @@ def worker(work: Path, name: str, speed: str, stop_at: int, ablation: str | None
         from tinyreason.modeling import load_tokenizer
 
         tok = load_tokenizer(cfg.model)
-        base = sft.make_speed_plan(cfg, tok, sft.read_prompt_completion(work / "train.jsonl"))
-        change = {"no-liger": dict(liger=False), "nf4": dict(load_in_4bit=True, pure_bf16=False),
+        base = sft.make_speed_plan(cfg, tok, sft.read_prompt_completion(work / "train.jsonl"), liger=True)
+        change = {"no-liger": dict(liger=False), "cudnn-attention": dict(cudnn_attention=True), "nf4": dict(load_in_4bit=True, pure_bf16=False),
                   "padded": dict(padding_free=False), "fused-adamw": dict(optim="adamw_torch_fused"),
                   "liger": dict(liger=True)}[ablation]
         plan = dataclasses.replace(base, **change, reason=f"{base.reason}; ablation: {ablation}")
@@ -326,14 +326,16 @@ def markdown(report: dict) -> str:
         p = r["plan"]
         plan = (f"{'NF4' if p['load_in_4bit'] else 'bf16'} {p['micro_batch']}x{p['accumulation']}"
                 f"{' ckpt' if p['gradient_checkpointing'] else ''}{' padding-free' if p['padding_free'] else ''}"
-                f"{' liger' if p['liger'] else ''}{' lean-loss' if p['lean_loss'] else ''}")
+                f"{' liger' if p['liger'] else ''}{' lean-loss' if p['lean_loss'] else ''}"
+                f"{' no-cudnn-attn' if not p.get('cudnn_attention', True) else ''}"
+                f"{' ' + p['optim'] if p.get('optim') else ''}")
         lines.append(f"| {r['name']} | {plan} | {r['timed_steps']} | {r['s_per_step']:.4f} | "
                      f"{r['projected_250_steps_s']:.1f} s | {r['tokens_per_s'] or 0:,.0f} | "
                      f"{(r.get('mfu') or 0) * 100:.1f}% | {r['peak_memory_gib'] or 0:.2f} | "
                      f"{r.get('speedup_vs_seed') or 0:.1f}x |")
     fast = next((r for r in rows if r["name"] == "fast"), None)
     if fast:
-        lines += ["", f"fast, the whole recipe (250 steps with 5 evals and 5 checkpoint saves): "
+        lines += ["", f"fast, {fast['steps_run']} steps of the recipe (with its evals and checkpoint saves): "
                       f"train_runtime {fast['train_runtime_s']:.1f} s; final eval loss (step "
                       f"{max(fast['eval_loss'], key=int) if fast['eval_loss'] else '-'}): "
                       f"{fast['eval_loss'][max(fast['eval_loss'], key=int)] if fast['eval_loss'] else float('nan'):.4f}"]
@@ -358,6 +360,7 @@ def main() -> None:
                     help="also evaluate the fast run here (default: --seed-steps) to compare eval losses")
     ap.add_argument("--profile-at", type=int, default=20, help="torch.profiler over 3 fast steps from here")
     ap.add_argument("--ablation-steps", type=int, default=40)
+    ap.add_argument("--fast-steps", type=int, default=10**9, help="stop the fast run here (default: all 250)")
     ap.add_argument("--configs", default="fast,seed-stack,fast-fused-adamw,fast-no-liger,fast-nf4,fast-padded")
     ap.add_argument("--budget-s", type=float, default=540, help="skip configs that would start after this")
     ap.add_argument("--tiny", action="store_true", help="CPU dry run on a tiny model")
@@ -390,10 +393,11 @@ def main() -> None:
 
     seed_steps = 6 if args.tiny else args.seed_steps
     abl_steps = 6 if args.tiny else args.ablation_steps
-    table = {"fast": ("fast", 6 if args.tiny else 10**9, "-"), "seed-stack": ("faithful", seed_steps, "-"),
+    table = {"fast": ("fast", 6 if args.tiny else args.fast_steps, "-"), "seed-stack": ("faithful", seed_steps, "-"),
              "fast-no-liger": ("fast", abl_steps, "no-liger"), "fast-nf4": ("fast", abl_steps, "nf4"),
              "fast-padded": ("fast", abl_steps, "padded"), "fast-fused-adamw": ("fast", abl_steps, "fused-adamw"),
-             "fast-liger": ("fast", abl_steps, "liger")}
+             "fast-liger": ("fast", abl_steps, "liger"),
+             "fast-cudnn-attention": ("fast", abl_steps, "cudnn-attention")}
     results = []
     for name in args.configs.split(","):
         if time.perf_counter() - start > args.budget_s:

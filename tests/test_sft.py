@@ -171,7 +171,7 @@ def test_plan_fast_on_a_large_gpu_uses_one_bf16_micro_batch_without_checkpointin
                           liger_available=True)
     assert (plan.micro_batch, plan.accumulation) == (8, 1)
     assert not plan.load_in_4bit and not plan.gradient_checkpointing
-    assert plan.padding_free and plan.lean_loss and plan.liger and plan.pure_bf16
+    assert plan.padding_free and plan.lean_loss and plan.liger and plan.pure_bf16 and not plan.cudnn_attention
 
 
 def test_plan_fast_degrades_to_what_fits():

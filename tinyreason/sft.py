@@ -73,6 +73,10 @@ class SpeedPlan:
     liger: bool = False             # Liger RMSNorm/RoPE/SwiGLU kernels (CUDA, when installed)
     pure_bf16: bool = False         # bf16 weights and LoRA, no autocast (CUDA, no 4-bit)
     optim: str | None = None        # None: train.optim
+    # cuDNN's fused attention costs ~2-4 ms of CPU per call with the per-batch masks of padded or
+    # padding-free batches (measured on H100, bench/results/sft-h100-*): off, SDPA uses its
+    # memory-efficient kernel, same math.
+    cudnn_attention: bool = True
     estimated_peak_gib: float | None = None
     reason: str = ""
 
@@ -155,7 +159,7 @@ def plan_speed(cfg: RunConfig, *, cuda: bool, free_bytes: int | None = None, dim
                          load_in_4bit=cfg.model.load_in_4bit,  # without CUDA, modeling says how to fix it
                          gradient_checkpointing=t.gradient_checkpointing,
                          reason="train.speed=faithful: the seed stack as configured")
-    common = dict(padding_free=True, lean_loss=True)
+    common = dict(padding_free=True, lean_loss=True, cudnn_attention=not cuda)
     if not cuda:
         # CPU: no 4-bit, no Liger; one micro-batch of the whole step (memory is rarely the limit).
         return SpeedPlan("fast", effective, 1, load_in_4bit=False, gradient_checkpointing=False, **common,
@@ -196,15 +200,20 @@ def _token_lengths(tokenizer, dataset, max_length: int) -> tuple[list[int], list
     return lengths, labels
 
 
-def make_speed_plan(cfg: RunConfig, tokenizer, train_ds) -> SpeedPlan:
-    """`plan_speed` with this machine's facts: CUDA, free GPU memory, model shape, data lengths."""
+def make_speed_plan(cfg: RunConfig, tokenizer, train_ds, liger: bool = False) -> SpeedPlan:
+    """`plan_speed` with this machine's facts: CUDA, free GPU memory, model shape, data lengths.
+
+    Liger's Triton kernels are opt-in (`liger=True`, used when installed): at this batch size the
+    step is bound by CPU launch overhead, and Liger's autograd Functions cost more CPU per call than
+    the aten ops they replace (bench/results/sft-h100-*: fast-liger vs fast, and the profile).
+    """
     cuda = torch.cuda.is_available()
     if cfg.train.speed == "faithful" or not cuda:
         return plan_speed(cfg, cuda=cuda)
     free, _ = torch.cuda.mem_get_info()
     lengths, label_lengths = _token_lengths(tokenizer, train_ds, cfg.train.max_length)
     return plan_speed(cfg, cuda=True, free_bytes=free, dims=model_dims(cfg.model), lengths=lengths,
-                      label_lengths=label_lengths, liger_available=liger_installed(),
+                      label_lengths=label_lengths, liger_available=liger and liger_installed(),
                       bf16_supported=modeling.compute_dtype(cfg.model) == torch.bfloat16)
 
 
@@ -303,6 +312,10 @@ def _fast_trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = lean_causal_lm_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # As Trainer.compute_loss: num_items_in_batch counts every process's tokens and DDP
+                # averages gradients over processes, so scale back up (no-op for one process).
+                loss = loss * self.accelerator.num_processes
             return (loss, None) if return_outputs else loss
 
     return FastSFTTrainer
@@ -430,7 +443,12 @@ def train_sft(cfg: RunConfig, train_file: Path, val_file: Path, checkpoint_dir: 
                 param.data = param.data.to(torch.bfloat16)
     if resume:
         log.info("resuming from %s", resume)
-    output = trainer.train(resume_from_checkpoint=resume)
+    cudnn_sdp = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(cudnn_sdp and plan.cudnn_attention)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(cudnn_sdp)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     state = trainer.state
     train_losses = [e["loss"] for e in state.log_history if "loss" in e]
