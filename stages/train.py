@@ -3,16 +3,22 @@ dvclive/train/ (loss, eval loss, lr curves). Resumes from checkpoints/<fingerpri
 
 Outputs appear only when training has finished: dvclive/train is written to a temporary sibling
 (its curves up to the resumed checkpoint are replayed from that checkpoint's log history), then
-models/adapter, dvclive/train and metrics/train.json are renamed into place."""
+models/adapter, dvclive/train and metrics/train.json are renamed into place.
 
+Several GPUs (train.num_gpus, tinyreason/distributed.py): the stage relaunches itself through
+`accelerate launch`, the global batch split over the processes; only global rank 0 writes outputs."""
+
+import dataclasses
 import json
 import logging
 import shutil
 import sys
+import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
-from tinyreason import modeling, sft
+from tinyreason import distributed, modeling, sft
 from tinyreason.config import config_to_dict, load_config
 from tinyreason.cost import measure_cost
 from tinyreason.errors import TinyReasonError, run_stage
@@ -95,29 +101,60 @@ def replay_history(live, checkpoint: str | None) -> None:
         callback.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=entry["step"]), None, logs=logs)
 
 
+def shared_speed_plan(cfg, checkpoints: Path, state):
+    """Several processes must micro-batch alike (DDP syncs on every backward): rank 0 plans (from its
+    GPU's free memory) and writes speed_plan.json, the others read it. None for one process."""
+    if state is None or cfg.train.method != "sft":
+        return None
+    with distributed.main_process_first(state):
+        if state.is_main_process:
+            return sft._plan_for(cfg, checkpoints, sft.last_checkpoint(checkpoints), modeling.load_tokenizer(cfg.model),
+                                 sft.read_prompt_completion(TRAIN))
+        return sft.SpeedPlan(**json.loads((checkpoints / sft.SPEED_PLAN_FILE).read_text()))
+
+
 def main() -> None:
     from dvclive import Live
 
-    cfg = load_config("params.yaml")
-    check_inputs(cfg)
+    recipe = load_config("params.yaml")
+    check_inputs(recipe)
+    # train.num_gpus > 1: this process becomes `accelerate launch ... stages/train.py` (no return).
+    processes = distributed.maybe_relaunch(recipe, sys.argv[0], sys.argv[1:])
+    cfg = distributed.per_rank_config(recipe, processes)  # the global batch split over the processes
     checkpoints = sft.checkpoint_dir_for(Path("checkpoints"), cfg, TRAIN, VAL)
     check_device(cfg, checkpoints)
-    drop_incomplete_checkpoints(checkpoints)
-    with atomic_directory("dvclive/train") as live_dir:
-        live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
-        replay_history(live, sft.last_checkpoint(checkpoints))
+    state = distributed.process_state()  # None for one process
+    main_process = distributed.is_main_process()  # global rank 0 alone writes outputs
+    with distributed.main_process_first(state):
+        if main_process:
+            drop_incomplete_checkpoints(checkpoints)
+    plan = shared_speed_plan(cfg, checkpoints, state)
+    with atomic_directory("dvclive/train") if main_process else nullcontext() as live_dir:
+        live = None
+        if main_process:
+            live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+            replay_history(live, sft.last_checkpoint(checkpoints))
         with measure_cost(cfg.cost.usd_per_gpu_hour) as cost:
             if cfg.train.method == "grpo":  # RL with TRL's GRPOTrainer + LoRA (tinyreason/grpo.py)
                 from tinyreason import grpo
 
                 result = grpo.train_grpo(cfg, TRAIN, VAL, checkpoints, live=live)
             else:
-                result = sft.train_sft(cfg, TRAIN, VAL, checkpoints, live=live)
-        with atomic_directory("models/adapter") as out:
+                result = sft.train_sft(cfg, TRAIN, VAL, checkpoints, live=live, plan=plan)
+        # Every process calls save_model (DeepSpeed/FSDP gather weights collectively); Trainer writes on rank 0.
+        with atomic_directory("models/adapter") if main_process else tempfile.TemporaryDirectory() as out:
             result.trainer.save_model(str(out))  # the best checkpoint's LoRA weights (safetensors)
-            result.trainer.processing_class.save_pretrained(str(out))
-            atomic_write_json(out / "params.json", config_to_dict(cfg))
-    metrics = {**result.metrics, "cost": cost}
+            if main_process:
+                result.trainer.processing_class.save_pretrained(str(out))
+                used = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, num_gpus=processes))
+                atomic_write_json(Path(out) / "params.json", config_to_dict(used))
+    if not main_process:
+        return
+    metrics = {**result.metrics, "cost": distributed.scale_cost(cost, processes, cfg.cost.usd_per_gpu_hour)}
+    if processes > 1:
+        metrics["data_parallel"] = {"processes": processes, "per_device_train_batch_size":
+                                    cfg.train.per_device_train_batch_size,
+                                    "gradient_accumulation_steps": cfg.train.gradient_accumulation_steps}
     atomic_write_json("metrics/train.json", metrics)
     print(f"train: {metrics['steps']} steps, best eval loss {metrics['best_eval_loss']}, "
           f"{cost['wall_seconds']} s on {cost['device']} (${cost['usd']})")

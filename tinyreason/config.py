@@ -161,6 +161,10 @@ class TrainConfig:
     # micro-batch = effective batch and bf16 LoRA when GPU memory allows, padding-free batches, a
     # lean loss over completion tokens, Liger kernels when installed; see `sft.plan_speed`.
     speed: str = field(default="fast", metadata=_range(choices=("faithful", "fast")))
+    # Data-parallel GPUs (tinyreason/distributed.py): 1 = one process; 0 = every visible GPU; N > 1
+    # relaunches the stage through `accelerate launch` on N GPUs with the same global batch
+    # (per_device_train_batch_size x gradient_accumulation_steps is split over the GPUs).
+    num_gpus: int = field(default=1, metadata=_range(0))
     grpo: GrpoSettings = field(default_factory=GrpoSettings)
 
 

@@ -286,7 +286,11 @@ def lean_causal_lm_loss(model, inputs: dict, num_items_in_batch=None) -> torch.T
     forward = {k: v for k, v in inputs.items() if k not in _LEAN_KEYS}
     text = lm.config.get_text_config()
     plain_head = not getattr(text, "final_logit_softcapping", None) and getattr(text, "logits_scaling", 1.0) == 1.0
-    if plain_head and hasattr(lm, "get_decoder"):
+    wrapped = hasattr(model, "module")  # DDP / DeepSpeed: gradient sync is armed in the wrapper's forward
+    if plain_head and wrapped and forward["input_ids"].size(0) == 1:
+        # Several processes: through the wrapper, the LM head on the target positions only (one row).
+        logits = model(**forward, use_cache=False, logits_to_keep=index).logits[0].float()
+    elif plain_head and hasattr(lm, "get_decoder") and not wrapped:
         hidden = lm.get_decoder()(**forward, use_cache=False).last_hidden_state
         picked = hidden.reshape(-1, hidden.size(-1)).index_select(0, index)
         logits = lm.get_output_embeddings()(picked).float()
