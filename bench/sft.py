@@ -15,9 +15,13 @@ Each configuration runs in its own process (Liger patches modules globally) thro
 warmup 50, adamw_8bit, wd 0.01, eval/save every 50, effective batch 8, seed 3407):
 
 - seed-stack: train.speed=faithful: TRL SFTTrainer + bitsandbytes QLoRA NF4, 2 x 4, gradient
-  checkpointing. The first `--seed-steps` steps (default 50, the recipe's first eval), projected to 250.
-- fast: train.speed=fast, as planned for this GPU: all 250 steps with the recipe's evals and saves.
-- fast-no-liger, fast-nf4, fast-padded: the fast plan with one piece taken back (`--ablation-steps`).
+  checkpointing. The first `--seed-steps` steps (default 25), evaluated there, projected to 250.
+- fast: train.speed=fast, as planned for this GPU: all 250 steps (or `--fast-steps`) with the
+  recipe's evals and saves, plus an eval at `--compare-step` (default: the seed stack's last step);
+  torch.profiler over 3 steps from `--profile-at` (written next to the results).
+- fast-liger, fast-cudnn-attention, fast-nf4, fast-padded, fast-fused-adamw: the fast plan with one
+  piece changed (`--ablation-steps`): Liger kernels on, cuDNN attention back on, NF4 base weights,
+  padded batches, torch fused AdamW instead of adamw_8bit.
 
 Per configuration: s/step (wall time between consecutive optimizer steps, steps with an eval or save
 in between excluded, first 3 steps excluded as warm-up), projected time for 250 steps, tokens/s
@@ -54,7 +58,8 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "T4":
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-REDO = "python bench/sft.py   # on one CUDA GPU, from the repo root (with trl, bitsandbytes, liger-kernel)"
+REDO = ("python bench/sft.py   # one CUDA GPU, repo root; trl, datasets, bitsandbytes (liger-kernel for "
+        "fast-liger); see bench/results/sft-h100-2026-11-25.md for the exact runs")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +241,7 @@ def worker(work: Path, name: str, speed: str, stop_at: int, ablation: str | None
         from tinyreason.modeling import load_tokenizer
 
         tok = load_tokenizer(cfg.model)
-        base = sft.make_speed_plan(cfg, tok, sft.read_prompt_completion(work / "train.jsonl"), liger=True)
+        base = sft.make_speed_plan(cfg, tok, sft.read_prompt_completion(work / "train.jsonl"))
         change = {"no-liger": dict(liger=False), "cudnn-attention": dict(cudnn_attention=True), "nf4": dict(load_in_4bit=True, pure_bf16=False),
                   "padded": dict(padding_free=False), "fused-adamw": dict(optim="adamw_torch_fused"),
                   "liger": dict(liger=True)}[ablation]
@@ -361,7 +366,8 @@ def main() -> None:
     ap.add_argument("--profile-at", type=int, default=20, help="torch.profiler over 3 fast steps from here")
     ap.add_argument("--ablation-steps", type=int, default=40)
     ap.add_argument("--fast-steps", type=int, default=10**9, help="stop the fast run here (default: all 250)")
-    ap.add_argument("--configs", default="fast,seed-stack,fast-fused-adamw,fast-no-liger,fast-nf4,fast-padded")
+    ap.add_argument("--configs", default="fast,seed-stack,fast-liger,fast-cudnn-attention,fast-nf4,fast-padded,"
+                                         "fast-fused-adamw")
     ap.add_argument("--budget-s", type=float, default=540, help="skip configs that would start after this")
     ap.add_argument("--tiny", action="store_true", help="CPU dry run on a tiny model")
     ap.add_argument("--worker", nargs=4, metavar=("NAME", "SPEED", "STOP_AT", "ABLATION"), help=argparse.SUPPRESS)

@@ -159,7 +159,7 @@ class TrainConfig:
     # when model.load_in_4bit, micro-batch x accumulation as set). fast: the same optimisation problem
     # (effective batch, token-normalised loss, lr schedule, data order, seed) planned for speed:
     # micro-batch = effective batch and bf16 LoRA when GPU memory allows, padding-free batches, a
-    # lean loss over completion tokens, Liger kernels when installed; see `sft.plan_speed`.
+    # lean loss over completion tokens, no cuDNN attention; see `sft.plan_speed`.
     speed: str = field(default="fast", metadata=_range(choices=("faithful", "fast")))
     # Data-parallel GPUs (tinyreason/distributed.py): 1 = one process; 0 = every visible GPU; N > 1
     # relaunches the stage through `accelerate launch` on N GPUs with the same global batch

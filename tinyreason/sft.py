@@ -14,8 +14,10 @@ Two ways to run the same recipe (`train.speed`, planned by `plan_speed`):
   no gradient checkpointing when the free GPU memory allows (else the next cheapest that fits),
   padding-free batches (sequences concatenated, block-diagonal causal attention), a lean loss that
   projects only completion positions through the LM head and skips TRL's per-step entropy and
-  accuracy metrics (device syncs), and Liger's fused RMSNorm/RoPE/SwiGLU kernels when installed.
-  bench/sft.py measures both on one GPU; tests/test_sft.py checks on CPU that both learn the same.
+  accuracy metrics (device syncs), and SDPA without its cuDNN backend (whose per-call CPU cost
+  with masked batches dominated the step). Liger's kernels are opt-in (`make_speed_plan(liger=True)`):
+  they did not pay in this CPU-launch-bound regime. bench/sft.py measures both paths on one GPU
+  (bench/results/sft-h100-*); tests/test_sft.py checks on CPU that both learn the same.
 """
 
 from __future__ import annotations
