@@ -81,7 +81,7 @@ def test_uneven_split_is_one_line_naming_keys_and_fix():
 def test_per_rank_config_records_the_process_count():
     cfg = distributed.per_rank_config(cfg_with(num_gpus=0), 2)
     t = cfg.train
-    assert (t.per_device_train_batch_size, t.gradient_accumulation_steps, t.num_gpus) == (2, 2, 1 * 2)
+    assert (t.per_device_train_batch_size, t.gradient_accumulation_steps, t.num_gpus) == (2, 2, 2)
 
 
 def test_gpus_to_use():
@@ -271,3 +271,37 @@ def test_ddp_run_splits_the_batch_and_rank_zero_alone_writes(ddp_runs):
     assert sorted(p.name for p in ckpt_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     plan = json.loads((ckpt_dir / "speed_plan.json").read_text())
     assert (plan["micro_batch"], plan["accumulation"]) == (2, 1)
+
+
+@pytest.mark.slow
+def test_grpo_trains_on_two_gloo_processes(tmp_path, tiny_model_dir):
+    """GRPO through the stage as 2 processes: each rank generates its own completions (TRL, no vLLM),
+    rewards are gathered for whole groups; 2 x 2 per step on one GPU = 2 x 1 on each of 2."""
+    import subprocess
+
+    work = make_workdir(tmp_path)
+    (work / "data" / "prepared").mkdir(parents=True)
+    row = json.dumps({"prompt": "1+1", "completion": "2", "question": "1+1", "answer": "2"})
+    for split in ("train", "val"):
+        (work / "data" / "prepared" / f"{split}.jsonl").write_text(row + "\n")
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"problem": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
+                                for i in range(8)))
+    write_params(work, tiny_run_overrides(tiny_model_dir, train={
+        "method": "grpo", "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "max_steps": 2,
+        "eval_steps": 2, "save_steps": 2, "warmup_steps": 0, "max_length": 256,
+        "grpo": {"train_path": str(problems), "num_generations": 2, "max_completion_length": 8,
+                 "max_prompt_length": 128, "rollout": "trl", "beta": 0.0, "temperature": 1.0,
+                 "reward_funcs": ["format"], "reward_weights": [1.0]}}))
+    cmd = distributed.launch_command(2, "stages/train.py", port=31500 + os.getpid() % 2000)
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads((work / "metrics/train.json").read_text())
+    assert metrics["method"] == "grpo" and metrics["steps"] == 2
+    assert metrics["data_parallel"] == {"processes": 2, "per_device_train_batch_size": 2,
+                                        "gradient_accumulation_steps": 1}
+    assert (work / "models/adapter/adapter_model.safetensors").is_file()
+    assert (proc.stdout + proc.stderr).count("train: 2 steps") == 1
+    rewards = curve(work, "train/reward")
+    assert sorted(rewards) == [1, 2]

@@ -144,9 +144,10 @@ def maybe_relaunch(cfg, script: str, args: list[str] | None = None, *, visible: 
 
 
 def process_state():
-    """accelerate's PartialState once several processes run (process group up, for barriers), else None.
-
-    Trainer resets accelerate's state when it builds its own; the torch.distributed group stays."""
+    """accelerate's PartialState once several processes run, else None: the process group is up (for
+    barriers) and this process is pinned to its GPU (LOCAL_RANK) before the model loads, since
+    modeling moves it to "cuda", the current device. Trainer resets accelerate's state when it
+    builds its own; the torch.distributed group and the current device stay."""
     if world_size() <= 1:
         return None
     import torch
