@@ -132,7 +132,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpus", default=None, help="comma-separated GPU counts (default 1,2,4,8 up to the visible count)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 30; 4 with --tiny)")
-    ap.add_argument("--accumulation", type=int, default=None, help="gradient_accumulation_steps (default: the recipe's)")
+    ap.add_argument("--accumulation", type=int, default=None,
+                    help="gradient_accumulation_steps (default: the recipe's)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/tinyreason-bench-scaling"))
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--tiny", action="store_true", help="CPU dry run: tiny model, 1 vs 2 gloo processes")
@@ -152,7 +153,8 @@ def main() -> None:
     results = [run_one(args.work, n, args) for n in counts]
     summarise(results)
     gpu = "cpu" if args.tiny else torch.cuda.get_device_name(0).split()[-1].lower()
-    report = {"date": datetime.date.today().isoformat(), "command": " ".join(["python", "bench/scaling.py", *sys.argv[1:]]),
+    command = " ".join(["python", "bench/scaling.py", *sys.argv[1:]])
+    report = {"date": datetime.date.today().isoformat(), "command": command,
               "gpu": gpu, "visible_gpus": visible, **facts, "results": results}
     stem = f"scaling-{gpu}-{report['date']}"
     if args.tiny:
