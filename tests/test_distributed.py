@@ -191,15 +191,16 @@ def curve(work: Path, name: str) -> dict[int, float]:
     return {int(step): float(value) for step, value in (r.split("\t")[:2] for r in rows)}
 
 
-@pytest.fixture(scope="module")
-def ddp_runs(tmp_path_factory, tiny_model_dir):
-    """One prepared workdir, trained as 1 process (micro-batch 4) and as 2 gloo processes (2 each)."""
+@pytest.fixture(scope="module", params=["fast", "faithful"])
+def ddp_runs(request, tmp_path_factory, tiny_model_dir):
+    """The recipe 2 x 2 trained as 1 process (fast: one micro-batch of 4; faithful: 2 x 2) and as 2
+    gloo processes (2 x 1 each), for both train.speed paths (lean loss / TRL's loss)."""
     params = tiny_run_overrides(
         tiny_model_dir, prepare={"num_samples": 24, "val_fraction": 0.25},
         # Eval batch 1: Trainer's eval loss is a mean of per-batch means, so it depends on how the
         # validation examples are batched over processes; one example per batch makes both runs alike.
         train={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "max_steps": MAX_STEPS,
-               "per_device_eval_batch_size": 1,
+               "per_device_eval_batch_size": 1, "speed": request.param,
                "eval_steps": 2, "save_steps": 2, "warmup_steps": 1, "max_length": 256, "num_gpus": 1})
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     runs = {}
