@@ -324,7 +324,7 @@ def test_recipe_dry_run_prints_the_dvc_command(capsys):
                  "-S train.lora.r=32", "-S train.lora.alpha=128", "-S train.grpo.num_generations=6",
                  "-S train.per_device_train_batch_size=6", "-S train.gradient_accumulation_steps=8"]:
         assert flag in line, flag
-    assert main(["recipe", "dr-grpo", "--dry-run"]) == 0
+    assert main(["recipe", "dr-grpo", "--dry-run", "--params", str(REPO / "params.yaml")]) == 0
     line = capsys.readouterr().out
     assert "-S train.grpo.loss_type=bnpo" in line and "-S train.grpo.scale_rewards=none" in line
 

@@ -164,8 +164,6 @@ def test_no_secret_in_any_file_of_killed_and_resumed_runs(runs):
 def test_incomplete_newest_checkpoint_is_skipped(tmp_path, monkeypatch):
     """A checkpoint killed while being written (no or truncated trainer_state.json) is removed, so
     the run resumes from the newest complete one instead of starting over."""
-    import runpy
-
     from tinyreason import sft
 
     root = tmp_path / "ckpt"
@@ -176,8 +174,7 @@ def test_incomplete_newest_checkpoint_is_skipped(tmp_path, monkeypatch):
         (root / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"x")
         if state is not None:
             (root / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
-    train_stage = runpy.run_path(str(REPO / "stages" / "train.py"))
-    train_stage["drop_incomplete_checkpoints"](root)
+    sft.drop_incomplete_checkpoints(root)
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2"]  # and no truncated speed plan
     assert sft.last_checkpoint(root) == str(root / "checkpoint-2")
 

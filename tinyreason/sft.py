@@ -26,6 +26,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -497,3 +498,80 @@ def checkpoint_dir_for(root: Path, cfg: RunConfig, *inputs: Path) -> Path:
     for path in inputs:
         digest.update(Path(path).read_bytes())
     return Path(root) / digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# What the train stage checks and tidies before training
+
+
+def check_training_inputs(cfg: RunConfig, train_file: Path, val_file: Path) -> None:
+    """Prepared data exists, and no prompt is too long to leave room for its completion."""
+    for path in (train_file, val_file):
+        if not path.is_file():
+            raise TinyReasonError(f"{path}: not found (fix: run the prepare stage, `dvc repro prepare`)")
+    if cfg.train.method != "sft":  # GRPO has its own prompt limit (train.grpo.max_prompt_length)
+        return
+    tokenizer = modeling.load_tokenizer(cfg.model)
+    max_length, truncated, total = cfg.train.max_length, 0, 0
+    for path in (train_file, val_file):
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                prompt, completion = row["prompt"], row["completion"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise TinyReasonError(f"{path}:{i}: not a prompt/completion row (fix: rerun the prepare "
+                                      "stage, `dvc repro prepare`)") from None
+            n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            if n_prompt >= max_length:
+                raise TinyReasonError(f"{path}:{i}: the prompt is {n_prompt} tokens, longer than "
+                                      f"train.max_length={max_length}, so nothing of its answer would be "
+                                      f"trained on (fix: set train.max_length above {n_prompt})")
+            total += 1
+            truncated += len(tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]) >= max_length
+    if truncated:
+        log.warning("%d of %d training/validation examples are longer than train.max_length=%d and lose "
+                    "the end of their answer (raise train.max_length to keep them whole)",
+                    truncated, total, max_length)
+
+
+def check_device_support(cfg: RunConfig, checkpoints: Path) -> None:
+    """4-bit weights and 8-bit optimizers need CUDA: say so before anything is written."""
+    if torch.cuda.is_available():
+        return
+    modeling.quantization_config(cfg.model)  # one-line error when model.load_in_4bit asks for NF4
+    build_sft_config(cfg, checkpoints)  # one-line error for a bitsandbytes optimizer
+
+
+def drop_incomplete_checkpoints(checkpoints: Path) -> None:
+    """A checkpoint killed while being written has no (or a truncated) trainer_state.json, which
+    Trainer writes last: remove it, so the run resumes from the newest complete checkpoint."""
+    if not checkpoints.is_dir():
+        return
+    plan = checkpoints / SPEED_PLAN_FILE
+    try:
+        if plan.is_file():
+            json.loads(plan.read_text())
+    except ValueError:
+        plan.unlink()
+    for ckpt in checkpoints.glob("checkpoint-*"):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            log.warning("removing incomplete checkpoint %s (killed while it was written)", ckpt)
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def shared_speed_plan(cfg: RunConfig, checkpoints: Path, state, train_file: Path):
+    """Several processes must micro-batch alike (DDP syncs on every backward): rank 0 plans (from its
+    GPU's free memory) and writes speed_plan.json, the others read it. None for one process."""
+    if state is None or cfg.train.method != "sft":
+        return None
+    from tinyreason import distributed
+
+    with distributed.main_process_first(state):
+        if state.is_main_process:
+            return _plan_for(cfg, checkpoints, last_checkpoint(checkpoints), modeling.load_tokenizer(cfg.model),
+                             read_prompt_completion(train_file))
+        return SpeedPlan(**json.loads((checkpoints / SPEED_PLAN_FILE).read_text()))

@@ -7,6 +7,10 @@ logs alike), so eval points land at the wrong x. This callback pins each point t
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
 from transformers import TrainerCallback
 
 # Trainer's end-of-run summary keys (train_runtime, ...) are totals, not curves.
@@ -30,3 +34,13 @@ class LiveMetricsCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.live.make_summary()
+
+
+def replay_history(live, checkpoint: str | None) -> None:
+    """Log the curves up to `checkpoint` again: a resumed run's DVCLive directory starts empty."""
+    if not checkpoint:
+        return
+    callback = LiveMetricsCallback(live)
+    for entry in json.loads((Path(checkpoint) / "trainer_state.json").read_text())["log_history"]:
+        logs = {k: v for k, v in entry.items() if k != "step"}
+        callback.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=entry["step"]), None, logs=logs)
