@@ -55,7 +55,7 @@ class Live:
 def python_path(scratch: Path) -> str:
     paths = [str(REPO)]
     try:
-        import dvclive  # noqa: F401
+        import dvclive  # noqa: F401 - is it installed?
     except ImportError:
         shim = scratch / "shim" / "dvclive"
         shim.mkdir(parents=True, exist_ok=True)

@@ -261,7 +261,7 @@ def test_evaluate_adapter_from_other_base_model(work, monkeypatch, capsys):
 def test_evaluate_prompt_plus_new_tokens_past_context(work, tiny_model_dir, monkeypatch, capsys):
     fake_adapter(work, str(tiny_model_dir))  # passes the adapter check; the context check comes first
     set_params(work, tiny_model_dir, evaluate={"max_new_tokens": 1000})  # tiny model: 1024 positions
-    line = expect_failure(work, "evaluate", monkeypatch, capsys, "data/prepared/test.jsonl", "gsm8k",
+    expect_failure(work, "evaluate", monkeypatch, capsys, "data/prepared/test.jsonl", "gsm8k",
                           "evaluate.max_new_tokens=1000", "context of 1024", "set evaluate.max_new_tokens <=")
 
 
