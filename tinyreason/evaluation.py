@@ -135,9 +135,12 @@ def comparison_table(metrics: dict):
 
 
 def print_comparison(metrics: dict) -> None:
+    import sys
+
     from rich.console import Console
 
-    Console().print(comparison_table(metrics))
+    # Piped output (DVC logs, CI) would be wrapped at 80 columns: give the table room instead.
+    Console(width=None if sys.stdout.isatty() else 130).print(comparison_table(metrics))
 
 
 def compare_command(args) -> int:
