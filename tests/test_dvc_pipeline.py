@@ -30,7 +30,7 @@ def sh(cmd, cwd, timeout=900):
 def dvc_repo(tmp_path_factory, tiny_model_dir):
     work = tmp_path_factory.mktemp("dvc") / "repo"
     work.mkdir()
-    for name in ("stages", "tinyreason"):
+    for name in ("stages", "tinyreason", "configs"):
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("raw", "benchmarks"):
         shutil.copytree(REPO / "data" / name, work / "data" / name)

@@ -24,7 +24,7 @@ from conftest import REPO, make_workdir, run_stage, tiny_run_overrides, write_pa
 
 SECRET = "hf_fake_secret_123"
 ENV = {"HF_TOKEN": SECRET}
-MAX_STEPS = 6
+MAX_STEPS = 10  # leaves 6+ steps after the last kill point, so the kill lands mid-run on a fast machine
 KILL_AFTER = (2, 4)  # the killed run is SIGKILLed shortly after checkpoint-2, its resume after checkpoint-4
 STAGE_OUTPUTS = ("models/adapter", "metrics/train.json", "dvclive/train")
 
@@ -56,7 +56,8 @@ def train_then_kill(work: Path, step: int, rng: random.Random, timeout: float = 
             assert proc.poll() is None, f"train exited ({proc.returncode}) before checkpoint-{step}"
             assert time.monotonic() < deadline, f"no checkpoint-{step} after {timeout} s"
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.4))  # somewhere in the next step
+        time.sleep(rng.uniform(0.0, 0.05))  # somewhere in the next step
+        assert proc.poll() is None, f"train finished before it could be killed after checkpoint-{step}"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
