@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from tinyreason import modeling
+from tinyreason import modeling, sft
 from tinyreason.config import RunConfig
 from tinyreason.sft import TrainResult
 from tinyreason.errors import DataError, TinyReasonError
@@ -180,37 +180,18 @@ def build_grpo_config(cfg: RunConfig, output_dir: Path):
     t, g = cfg.train, cfg.train.grpo
     dtype = modeling.compute_dtype(cfg.model)
     on_cuda = torch.cuda.is_available()
-    if t.optim in ("adamw_8bit", "paged_adamw_8bit") and not on_cuda:
-        raise TinyReasonError(f"train.optim: {t.optim} (bitsandbytes) needs a CUDA GPU (fix: set "
-                              "train.optim=adamw_torch, or run the CPU profile: dvc exp run -S profile=cpu)")
     scheduler_kwargs = {"min_lr_rate": g.min_lr_rate} if t.lr_scheduler_type == "cosine_with_min_lr" else None
     return GRPOConfig(
-        output_dir=str(output_dir),
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        max_steps=t.max_steps,
+        **sft.common_training_arguments(cfg, output_dir),
         per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
         lr_scheduler_kwargs=scheduler_kwargs,
-        warmup_steps=t.warmup_steps,
-        optim=t.optim,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
         eval_strategy="no",  # checkpoints are not chosen on held-out scores, let alone test ones
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        logging_steps=t.logging_steps,
         logging_first_step=True,
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         bf16=on_cuda and dtype == torch.bfloat16,
         fp16=on_cuda and dtype == torch.float16,
-        use_cpu=not on_cuda,
-        report_to="none",  # DVCLive is attached explicitly
-        dataloader_num_workers=0,
         # GRPO
         num_generations=g.num_generations,
         max_completion_length=g.max_completion_length,

@@ -332,6 +332,26 @@ def _fast_trainer_class():
 # Training
 
 
+BITSANDBYTES_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
+
+
+def common_training_arguments(cfg: RunConfig, output_dir: Path, optim: str | None = None) -> dict:
+    """The TrainingArguments the SFT and GRPO recipes share: seed, schedule, optimizer, saving,
+    logging and device. DVCLive is attached explicitly (with the stage's own directory), so
+    report_to is none."""
+    t = cfg.train
+    optim = optim or t.optim
+    on_cuda = torch.cuda.is_available()
+    if optim in BITSANDBYTES_OPTIMIZERS and not on_cuda:
+        raise TinyReasonError(f"train.optim: {optim} (bitsandbytes) needs a CUDA GPU (fix: set "
+                              "train.optim=adamw_torch, or run the CPU profile: dvc exp run -S profile=cpu)")
+    return dict(output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, max_steps=t.max_steps,
+                learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps,
+                optim=optim, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+                save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+                logging_steps=t.logging_steps, use_cpu=not on_cuda, report_to="none", dataloader_num_workers=0)
+
+
 def build_sft_config(cfg: RunConfig, output_dir: Path, plan: SpeedPlan | None = None):
     from trl import SFTConfig
 
@@ -339,46 +359,27 @@ def build_sft_config(cfg: RunConfig, output_dir: Path, plan: SpeedPlan | None = 
     plan = plan or plan_speed(cfg, cuda=torch.cuda.is_available())
     dtype = modeling.compute_dtype(cfg.model)
     on_cuda = torch.cuda.is_available()
-    if (plan.optim or t.optim) in ("adamw_8bit", "paged_adamw_8bit") and not on_cuda:
-        raise TinyReasonError(f"train.optim: {t.optim} (bitsandbytes) needs a CUDA GPU (fix: set "
-                              "train.optim=adamw_torch, or run the CPU profile: dvc exp run -S profile=cpu)")
     amp = on_cuda and not plan.pure_bf16
     extra = {}
     if plan.liger:
         extra["use_liger_kernel"] = True
     return SFTConfig(
-        output_dir=str(output_dir),
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        max_steps=t.max_steps,
+        **common_training_arguments(cfg, output_dir, optim=plan.optim or t.optim),
         per_device_train_batch_size=plan.micro_batch,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=plan.accumulation,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_steps,
-        optim=plan.optim or t.optim,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
         eval_strategy="steps",
         eval_steps=t.eval_steps,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
         load_best_model_at_end=True,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        logging_steps=t.logging_steps,
         max_length=t.max_length,
         packing=t.packing,
         completion_only_loss=t.completion_only_loss,
         gradient_checkpointing=plan.gradient_checkpointing,
         bf16=amp and dtype == torch.bfloat16,
         fp16=amp and dtype == torch.float16,
-        use_cpu=not on_cuda,
         include_num_input_tokens_seen="non_padding",
-        report_to="none",  # DVCLive is attached explicitly, with the stage's own directory
-        dataloader_num_workers=0,
         disable_tqdm=False,
         **extra,
     )
