@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install tinyreason into ./.venv (or the active virtualenv), with versions from
-# requirements/constraints.txt. CUDA machines get the GPU extras (bitsandbytes, liger-kernel);
+# requirements/constraints.txt. CUDA machines get the GPU extra (bitsandbytes; `.[liger]` adds Liger kernels);
 # CPU machines get the CPU build of torch (a plain `pip install torch` pulls a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
