@@ -210,10 +210,6 @@ class RunConfig:
 # Building and validating
 
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
 def _fail(source: str, key: str, message: str) -> typing.NoReturn:
     raise ConfigError(f"{source}: {key}: {message}")
 
