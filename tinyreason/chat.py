@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinyreason.errors import TinyReasonError
+from tinyreason.grading import extract_answer
 
 THINK_END = "</think>"
 FINAL_ANSWER_START = "**final answer"  # lower-cased start of grading's `**Final Answer:**` marker
@@ -50,19 +51,6 @@ class Solution:
     completion: str  # the raw generated text (after the `<think>\n` prime)
     new_tokens: int = 0
     seconds: float = 0.0
-
-
-def extract_answer(completion: str, answer_format: str = "final_answer") -> str | None:
-    """The prompt format's answer form first, the other as fallback (the order grading uses)."""
-    from tinyreason.grading import extract_boxed_answer, extract_final_answer
-
-    order = ((extract_final_answer, extract_boxed_answer) if answer_format == "final_answer"
-             else (extract_boxed_answer, extract_final_answer))
-    for extract in order:
-        answer = extract(completion)
-        if answer is not None:
-            return answer
-    return None
 
 
 def split_reasoning(completion: str) -> str:
@@ -168,25 +156,9 @@ class StreamView:
 
 def resolve_config(params: str | Path, profile: str | None = None, model: str | None = None):
     """Load the params file (optionally another profile), then apply a --model override."""
-    import yaml
+    from tinyreason.config import load_config
 
-    from tinyreason.config import config_from_dict, load_config
-
-    params = Path(params)
-    if profile is None:
-        cfg = load_config(params)
-    else:
-        try:
-            raw = yaml.safe_load(params.read_text())
-        except FileNotFoundError:
-            raise TinyReasonError(f"{params}: file not found (fix: run from the repository root, or pass "
-                                  "--params PATH)") from None
-        except yaml.YAMLError as exc:
-            raise TinyReasonError(f"{params}: is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-        if not isinstance(raw, dict):
-            raise TinyReasonError(f"{params}: expected a mapping of sections at the top level")
-        raw["profile"] = profile
-        cfg = config_from_dict(raw, f"{params} (--profile {profile})")
+    cfg = load_config(params, profile=profile)
     if model:
         # Another model: its own weights, so the profile's GGUF file name no longer applies.
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=model, gguf_file=None,

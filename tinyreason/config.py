@@ -352,7 +352,8 @@ def config_from_dict(raw: dict, source: str = "params.yaml") -> RunConfig:
     return cfg
 
 
-def load_config(path: str | Path = "params.yaml") -> RunConfig:
+def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> RunConfig:
+    """Validated config from a params file; `profile` overrides the file's `profile:` key."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -362,7 +363,9 @@ def load_config(path: str | Path = "params.yaml") -> RunConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    return config_from_dict(raw, str(path))
+    if profile is not None and isinstance(raw, dict):
+        raw["profile"] = profile
+    return config_from_dict(raw, str(path) if profile is None else f"{path} (--profile {profile})")
 
 
 def config_to_dict(cfg) -> dict:

@@ -464,6 +464,24 @@ def _answers_match(pred: str, gold: str, answer_format: str, numeric_tolerance: 
         return False
 
 
+def _extract_in_order(completion: str, answer_format: str) -> tuple[str | None, bool]:
+    """The answer in `answer_format`'s own form (`**Final Answer:**` or `\\boxed{}`), else in the
+    other form; the flag says whether the own form was found."""
+    if answer_format == "final_answer":
+        primary, fallback = extract_final_answer, extract_boxed_answer
+    else:
+        primary, fallback = extract_boxed_answer, extract_final_answer
+    extracted = primary(completion)
+    if extracted is not None:
+        return extracted, True
+    return fallback(completion), False
+
+
+def extract_answer(completion: str, answer_format: str = "final_answer") -> str | None:
+    """The answer a completion gives, looked for in the order grading uses."""
+    return _extract_in_order(completion or "", answer_format)[0]
+
+
 def grade_answer(completion: str, gold: str, answer_format: str,
                  numeric_tolerance: float | None = None) -> Grade:
     """Extract the answer from a completion and compare it with `gold`.
@@ -479,15 +497,9 @@ def _grade(completion: str, gold: str, answer_format: str, numeric_tolerance: fl
     if answer_format not in ANSWER_FORMATS:
         raise TinyReasonError(f"unknown answer_format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
     completion = completion or ""
-    if answer_format == "final_answer":
-        primary, fallback = extract_final_answer, extract_boxed_answer
-    else:
-        primary, fallback = extract_boxed_answer, extract_final_answer
-    extracted = primary(completion)
-    formatted = extracted is not None
-    if extracted is None:
-        extracted = fallback(completion)
-        formatted = answer_format == "choice" and extracted is not None
+    extracted, formatted = _extract_in_order(completion, answer_format)
+    if extracted is not None and not formatted:
+        formatted = answer_format == "choice"
     if answer_format == "choice":
         letter = extract_choice(extracted) if extracted is not None else None
         if letter is None:
