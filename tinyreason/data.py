@@ -77,18 +77,24 @@ def looks_like_local_path(spec: str) -> bool:
     return spec.endswith((".jsonl", ".json")) or spec.startswith((".", "/")) or Path(spec).exists()
 
 
+def read_training_rows(spec: str, hub_config: str | None, hub_split: str, fix: str) -> tuple[list, int]:
+    """Raw rows of a local JSONL file or a hub dataset, and how many local lines were not JSON.
+    `fix` completes the one-line error for a missing file (which param to set, to what)."""
+    if not looks_like_local_path(spec):
+        return _load_hub_rows(spec, hub_config, hub_split), 0
+    path = Path(spec)
+    if not path.is_file():
+        raise DataError(f"{spec}: data file not found (fix: {fix})")
+    rows, bad_json = read_jsonl_rows(path)
+    if bad_json:
+        log.warning("%s: %d line(s) are not valid JSON", spec, bad_json)
+    return rows, bad_json
+
+
 def load_gsm8k(spec: str, hub_config: str = "main", hub_split: str = "train") -> tuple[list[ReasoningExample], int]:
     """Load GSM8K-style rows from a local JSONL path or a hub dataset id."""
-    if looks_like_local_path(spec):
-        path = Path(spec)
-        if not path.is_file():
-            raise DataError(f"{spec}: data file not found (fix: set prepare.train_path to a JSONL "
-                            "file or a hub dataset id such as openai/gsm8k)")
-        rows, bad_json = read_jsonl_rows(path)
-        if bad_json:
-            log.warning("%s: %d line(s) are not valid JSON", spec, bad_json)
-    else:
-        rows, bad_json = _load_hub_rows(spec, hub_config, hub_split), 0
+    rows, bad_json = read_training_rows(spec, hub_config, hub_split,
+                                        "set prepare.train_path to a JSONL file or a hub dataset id such as openai/gsm8k")
     examples, dropped = parse_gsm8k_rows(rows, spec)
     if not examples:
         raise DataError(f"{spec}: no usable rows after dropping {dropped + bad_json} malformed one(s) "

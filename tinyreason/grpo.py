@@ -73,21 +73,6 @@ def _row_to_problem(row) -> dict | None:
     return {"question": question.strip(), "answer": answer.strip()}
 
 
-def _read_rows(spec: str, hub_config: str | None, hub_split: str) -> list:
-    from tinyreason import data
-
-    if data.looks_like_local_path(spec):
-        path = Path(spec)
-        if not path.is_file():
-            raise DataError(f"{spec}: data file not found (fix: set train.grpo.train_path to a JSONL file, a "
-                            "hub dataset id such as knoveleng/open-rs, or null for the prepared GSM8K split)")
-        rows, bad = data.read_jsonl_rows(path)
-        if bad:
-            log.warning("%s: %d line(s) are not valid JSON", spec, bad)
-        return rows
-    return data._load_hub_rows(spec, hub_config, hub_split)
-
-
 def benchmark_question_keys() -> dict[str, str]:
     """Normalised question -> benchmark, over every benchmark available locally (vendored copies)."""
     from tinyreason import benchmarks
@@ -132,7 +117,11 @@ def load_problems(cfg: RunConfig, prepared_train: Path) -> list[dict]:
         raw = [json.loads(line) for line in Path(prepared_train).read_text().splitlines() if line.strip()]
     else:
         source = g.train_path
-        raw = _read_rows(g.train_path, g.hub_config, g.hub_split)
+        from tinyreason.data import read_training_rows
+
+        raw, _ = read_training_rows(g.train_path, g.hub_config, g.hub_split,
+                                    "set train.grpo.train_path to a JSONL file, a hub dataset id such as "
+                                    "knoveleng/open-rs, or null for the prepared GSM8K split")
     rows = [p for p in map(_row_to_problem, raw) if p is not None]
     if len(rows) < len(raw):
         log.warning("%s: dropped %d malformed row(s) (need a problem/question and an answer or a boxed "
