@@ -1,8 +1,10 @@
 """params.yaml -> small frozen dataclasses, validated with one-line errors.
 
-Nothing else in tinyreason reads YAML. `load_config(path)` resolves the active profile (the
-`profiles.<name>` overrides are deep-merged over the top-level sections), then builds the typed
-config. A wrong type, a value out of range or an unknown key raises `ConfigError` with one line
+Nothing else in tinyreason reads YAML. `load_config(path)` resolves the active profile, then
+builds the typed config. A profile (`profiles.<name>`) supplies values only for keys the user left
+at their shipped value (the dataclass defaults below, which are the seeded recipe): a key set in
+params.yaml or with `dvc exp run -S` keeps the user's value, and is validated like any other
+(`_apply_profile`). A wrong type, a value out of range or an unknown key raises `ConfigError` with one line
 that names the key and says how to fix it.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +22,8 @@ from typing import Any
 import yaml
 
 from tinyreason.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -297,6 +302,68 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+_NO_DEFAULT = object()
+
+
+def _shipped_value(path: tuple[str, ...]):
+    """The typed default at `path` (e.g. ("train", "max_steps") -> 250): the value params.yaml ships
+    for every key a profile overrides (tests/test_config.py checks that). _NO_DEFAULT if none."""
+    tp: Any = RunConfig
+    value: Any = RunConfig()
+    for key in path:
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in args if a is not type(None))
+            args = typing.get_args(tp)
+        if dataclasses.is_dataclass(tp):
+            if key not in {f.name for f in dataclasses.fields(tp)}:
+                return _NO_DEFAULT
+            tp, value = typing.get_type_hints(tp)[key], getattr(value, key)
+        elif typing.get_origin(tp) is dict:
+            tp = args[1]
+            value = value.get(key, _NO_DEFAULT) if isinstance(value, dict) else _NO_DEFAULT
+            if value is _NO_DEFAULT and dataclasses.is_dataclass(tp):
+                value = tp()  # e.g. a benchmark absent from the defaults: BenchmarkRun's defaults
+        else:
+            return _NO_DEFAULT
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _is_shipped(value, path: tuple[str, ...]) -> bool:
+    shipped = _shipped_value(path)
+    if shipped is _NO_DEFAULT:
+        return False
+    if isinstance(shipped, float) and isinstance(value, str):  # YAML 1.1 reads 2e-4 as a string
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    if isinstance(value, bool) != isinstance(shipped, bool):  # `1` is not the shipped `true`
+        return False
+    return value == shipped
+
+
+def _apply_profile(sections: dict, overlay: dict, name: str, path: tuple[str, ...] = ()) -> dict:
+    """`overlay` (profiles.<name>) over `sections`, except where the user set a key.
+
+    A user who sets a key gets that value, whatever the profile says: the profile fills a key only
+    while it still holds its shipped value. Without this rule `-S profile=cpu -S train.max_steps=500`
+    trained the profile's 4 steps, and `-S train.max_steps=0` slipped past the range check.
+    """
+    merged = dict(sections)
+    for key, value in overlay.items():
+        here, current = path + (key,), merged.get(key, _NO_DEFAULT)
+        if isinstance(value, dict) and isinstance(current, dict):
+            merged[key] = _apply_profile(current, value, name, here)
+        elif current is _NO_DEFAULT or _is_shipped(current, here):
+            merged[key] = value
+        elif current != value:
+            dotted = ".".join(here)
+            log.info("profile %s: keeping %s=%r (set in params.yaml or with -S) over profiles.%s.%s=%r",
+                     name, dotted, current, name, dotted, value)
+    return merged
+
+
 def _check_cross_references(cfg: RunConfig, source: str) -> None:
     if cfg.prepare.prompt not in cfg.prompts:
         _fail(source, "prepare.prompt", f"{cfg.prepare.prompt!r} is not defined under prompts "
@@ -346,7 +413,9 @@ def config_from_dict(raw: dict, source: str = "params.yaml") -> RunConfig:
         if profile not in profiles:
             _fail(source, "profile", f"{profile!r} has no section under profiles "
                                      f"(known: seed, {', '.join(profiles)})")
-        raw = _deep_merge(raw, profiles[profile])
+        if not isinstance(profiles[profile], dict):
+            _fail(source, f"profiles.{profile}", "expected a mapping of sections to override")
+        raw = _apply_profile(raw, profiles[profile], profile)
     cfg = _build(RunConfig, raw, source)
     _check_cross_references(cfg, source)
     return cfg
