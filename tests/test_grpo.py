@@ -15,20 +15,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import REPO, shipped_params, shipped_params_path
 from tinyreason.config import _deep_merge, config_from_dict
 from tinyreason.errors import ConfigError, DataError
 
-REPO = Path(__file__).resolve().parents[1]
 WORDS = list("abcdefghijklmnop")
 TARGET_LEN = 8
 
 
-def repo_params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
-
-
 def grpo_cfg(**train):
-    raw = _deep_merge(repo_params(), {"train": _deep_merge({"method": "grpo"}, train)})
+    raw = _deep_merge(shipped_params(), {"train": _deep_merge({"method": "grpo"}, train)})
     return config_from_dict(raw)
 
 
@@ -165,7 +161,7 @@ def share_of_a(completions, **kwargs) -> list[float]:
 
 
 def toy_config(model_dir: Path, train_path: Path, steps: int, train: dict | None = None, **grpo):
-    return config_from_dict(_deep_merge(repo_params(), _toy_overrides(model_dir, train_path, steps, train, **grpo)))
+    return config_from_dict(_deep_merge(shipped_params(), _toy_overrides(model_dir, train_path, steps, train, **grpo)))
 
 
 def _toy_overrides(model_dir: Path, train_path: Path, steps: int, train: dict | None = None, **grpo) -> dict:
@@ -291,7 +287,7 @@ def test_every_tina_preset_exists_and_validates():
     assert sorted(grpo.recipe_names()) == sorted(EXPECTED_PRESETS)
     for name, (ds, steps, stop, bs, gens, lr, rank, funcs) in EXPECTED_PRESETS.items():
         params = grpo.load_recipe(name)["params"]
-        cfg = config_from_dict(_deep_merge(repo_params(), params), source=f"recipes/{name}.yaml")
+        cfg = config_from_dict(_deep_merge(shipped_params(), params), source=f"recipes/{name}.yaml")
         t, g = cfg.train, cfg.train.grpo
         assert (g.train_path, t.max_steps, g.stop_at_step) == (ds, steps, stop), name
         assert stop / steps == pytest.approx(0.5, abs=0.08), name  # the half-cosine trick
@@ -313,7 +309,7 @@ def test_every_tina_preset_exists_and_validates():
 def test_recipe_dry_run_prints_the_dvc_command(capsys):
     from tinyreason.cli import main
 
-    assert main(["recipe", "open-rs3", "--dry-run", "--params", str(REPO / "params.yaml")]) == 0
+    assert main(["recipe", "open-rs3", "--dry-run", "--params", str(shipped_params_path())]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("dvc exp run -n tina-open-rs3 ")
     for flag in ["-S train.method=grpo", "-S train.max_steps=1500", "-S train.grpo.stop_at_step=850",
@@ -324,7 +320,7 @@ def test_recipe_dry_run_prints_the_dvc_command(capsys):
                  "-S train.lora.r=32", "-S train.lora.alpha=128", "-S train.grpo.num_generations=6",
                  "-S train.per_device_train_batch_size=6", "-S train.gradient_accumulation_steps=8"]:
         assert flag in line, flag
-    assert main(["recipe", "dr-grpo", "--dry-run", "--params", str(REPO / "params.yaml")]) == 0
+    assert main(["recipe", "dr-grpo", "--dry-run", "--params", str(shipped_params_path())]) == 0
     line = capsys.readouterr().out
     assert "-S train.grpo.loss_type=bnpo" in line and "-S train.grpo.scale_rewards=none" in line
 
@@ -340,10 +336,10 @@ def test_recipe_flags_applied_by_dvc_give_the_preset_config(tmp_path):
 
     for name in ("open-rs3", "still-3", "limr-rank-large"):
         params = tmp_path / f"{name}.yaml"
-        shutil.copy(REPO / "params.yaml", params)
-        cmd = grpo.recipe_command(name, REPO / "params.yaml")
+        shutil.copy(shipped_params_path(), params)
+        cmd = grpo.recipe_command(name, shipped_params_path())
         apply_overrides(params, [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"])
-        direct = config_from_dict(_deep_merge(repo_params(), grpo.load_recipe(name)["params"]))
+        direct = config_from_dict(_deep_merge(shipped_params(), grpo.load_recipe(name)["params"]))
         assert load_config(params) == direct, name
 
 
@@ -369,7 +365,7 @@ def test_train_stage_runs_grpo_and_reports_cost(toy_setup, tmp_path):
     row = json.dumps({"prompt": "b c", "completion": "a", "question": "b c", "answer": "a"})
     for split in ("train", "val"):
         (work / "data" / "prepared" / f"{split}.jsonl").write_text(row + "\n")
-    raw = _deep_merge(repo_params(), {"train": {"max_length": 64}})
+    raw = _deep_merge(shipped_params(), {"train": {"max_length": 64}})
     cfg_raw = _deep_merge(raw, {k: v for k, v in _toy_overrides(model_dir, train_path, 3).items()})
     cfg_raw["train"]["grpo"]["reward_funcs"] = ["format"]  # a real reward through the stage
     cfg_raw["train"]["grpo"]["reward_weights"] = [1.0]
@@ -423,5 +419,5 @@ def test_merged_shadow_generates_like_the_unmerged_lora_model(toy_setup, one_thr
 
 
 def test_cpu_profile_with_grpo_validates():
-    cfg = config_from_dict(_deep_merge(repo_params(), {"profile": "cpu", "train": {"method": "grpo"}}))
+    cfg = config_from_dict(_deep_merge(shipped_params(), {"profile": "cpu", "train": {"method": "grpo"}}))
     assert cfg.train.grpo.num_generations == 2 and cfg.train.grpo.max_completion_length == 48

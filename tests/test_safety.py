@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, shipped_params_path
 
 from tinyreason.config import ModelConfig
 from tinyreason.errors import TinyReasonError
@@ -53,7 +53,7 @@ def test_remote_code_off_and_safetensors_only_by_default(tiny_model_dir, capture
 def test_params_default_keeps_remote_code_off():
     from tinyreason.config import load_config
 
-    assert load_config(REPO / "params.yaml").model.trust_remote_code is False
+    assert load_config(shipped_params_path()).model.trust_remote_code is False
     assert ModelConfig().trust_remote_code is False
 
 
