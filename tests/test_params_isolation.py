@@ -29,16 +29,24 @@ PARAMS_READERS = [
 
 def workspace_params_reads(path: Path) -> list[int]:
     """Lines of `path` that name the workspace's params.yaml: `REPO / "params.yaml"`, or a bare
-    "params.yaml" passed to a call (open, Path, load_config: relative to the repo root)."""
+    "params.yaml" passed to something that opens it (relative to the repo root, where pytest runs)."""
     lines = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.left, ast.Name)
                 and node.left.id == "REPO" and isinstance(node.right, ast.Constant) and node.right.value == "params.yaml"):
             lines.append(node.lineno)
-        elif isinstance(node, ast.Call) and any(isinstance(a, ast.Constant) and a.value == "params.yaml"
-                                                for a in node.args):
+        elif (isinstance(node, ast.Call) and _called_name(node) in READERS
+              and any(isinstance(a, ast.Constant) and a.value == "params.yaml" for a in node.args)):
             lines.append(node.lineno)
-    return lines
+    return sorted(lines)
+
+
+READERS = {"open", "Path", "load_config", "resolve_config", "copy", "copyfile"}
+
+
+def _called_name(call: ast.Call) -> str | None:
+    func = call.func
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
 
 
 def test_no_test_module_reads_the_workspace_params():
@@ -52,7 +60,8 @@ def test_no_test_module_reads_the_workspace_params():
 def test_the_check_sees_a_workspace_read(tmp_path):
     probe = tmp_path / "test_probe.py"
     probe.write_text('from conftest import REPO\nA = (REPO / "params.yaml").read_text()\n'
-                     'B = load_config("params.yaml")\nC = work / "params.yaml"\n')
+                     'B = load_config("params.yaml")\nC = work / "params.yaml"\n'
+                     'assert_one_line(err, "params.yaml", "train.max_steps")\n')
     assert workspace_params_reads(probe) == [2, 3]
 
 
