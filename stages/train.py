@@ -15,7 +15,7 @@ import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
-from tinyreason import distributed, sft, tracking
+from tinyreason import distributed, modeling, sft, tracking
 from tinyreason.config import config_to_dict, load_config
 from tinyreason.cost import measure_cost
 from tinyreason.errors import run_stage
@@ -39,6 +39,7 @@ def main() -> None:
     with distributed.main_process_first(state):
         if main_process:
             sft.drop_incomplete_checkpoints(checkpoints)
+            sft.drop_finished_run(checkpoints, cfg)
     plan = sft.shared_speed_plan(cfg, checkpoints, state, TRAIN)
     with atomic_directory("dvclive/train") if main_process else nullcontext() as live_dir:
         live = None
@@ -57,6 +58,7 @@ def main() -> None:
             result.trainer.save_model(str(out))  # the best checkpoint's LoRA weights (safetensors)
             if main_process:
                 result.trainer.processing_class.save_pretrained(str(out))
+                modeling.stabilise_adapter_config(out)
                 used = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, num_gpus=processes))
                 atomic_write_json(Path(out) / "params.json", config_to_dict(used))
     if not main_process:

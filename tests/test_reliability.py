@@ -279,3 +279,69 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path):
         assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == 0o755
     finally:
         os.umask(mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14.4: rerunning a finished train stage gives the same outputs as the first run
+
+
+def train_outputs(work: Path) -> dict:
+    """Everything the train stage writes, timings left out: adapter bytes, metrics, DVCLive files."""
+    def timed(name: str) -> bool:
+        return any(t in name for t in TIMING_KEYS)
+
+    def untimed(tree):
+        return {k: untimed(v) for k, v in tree.items() if not timed(k)} if isinstance(tree, dict) else tree
+
+    out = {str(p.relative_to(work)): p.read_bytes() for root in ("models/adapter", "dvclive/train")
+           for p in sorted((work / root).rglob("*")) if p.is_file() and not timed(p.name)}
+    metrics = json.loads((work / "metrics" / "train.json").read_text())
+    metrics.pop("cost")
+    out["metrics/train.json"] = untimed(metrics)
+    out["dvclive/train/metrics.json"] = untimed(json.loads(out["dvclive/train/metrics.json"]))
+    return out
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_train_stage_gives_the_same_outputs(tmp_path, tiny_model_dir):
+    work = make_workdir(tmp_path)
+    write_params(work, tiny_run_overrides(tiny_model_dir, prepare={"num_samples": 16, "val_fraction": 0.25},
+                                          train={"max_steps": 4, "gradient_accumulation_steps": 1}))
+    for stage in ("prepare", "train"):
+        proc = run_stage(work, stage)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    first = train_outputs(work)
+    assert first["metrics/train.json"]["steps"] == 4
+    for _ in range(2):  # as `dvc repro -f train` does: the same command, checkpoints/ kept
+        proc = run_stage(work, "train")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        again = train_outputs(work)
+        assert again["metrics/train.json"] == first["metrics/train.json"]
+        assert again.keys() == first.keys()
+        changed = [k for k in first if again[k] != first[k]]
+        assert not changed, f"a rerun of the finished stage changed {changed}"
+
+
+def test_finished_run_checkpoints_are_dropped_unfinished_kept(tmp_path):
+    from tinyreason import sft
+    from tinyreason.config import config_from_dict
+
+    from conftest import shipped_params
+
+    raw = shipped_params()
+    raw["train"].update(max_steps=4)
+    cfg = config_from_dict(raw)
+    root = tmp_path / "ckpt"
+    for step in (2, 4):
+        (root / f"checkpoint-{step}").mkdir(parents=True)
+        (root / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    sft.drop_finished_run(root, dataclasses_replace_steps(cfg, 6))  # a longer run resumes from step 4
+    assert sft.last_checkpoint(root) == str(root / "checkpoint-4")
+    sft.drop_finished_run(root, cfg)  # finished at its max_steps: start over
+    assert not root.exists() and sft.last_checkpoint(root) is None
+
+
+def dataclasses_replace_steps(cfg, steps: int):
+    import dataclasses
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))

@@ -152,6 +152,17 @@ def lora_config(settings: LoraSettings):
                       target_modules=list(settings.target_modules), bias="none", task_type="CAUSAL_LM")
 
 
+def stabilise_adapter_config(adapter_dir: Path) -> None:
+    """Write adapter_config.json's target_modules sorted. PEFT keeps them as a set and saves it in
+    hash order, which changes from process to process: the same training run gave different
+    adapter bytes, so DVC saw a new models/adapter and reran evaluate."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def check_adapter_matches(adapter_dir: Path, cfg: ModelConfig) -> None:
     """Fail early (one line) when the adapter is missing or was trained on another base model."""
     config_file = Path(adapter_dir) / ADAPTER_CONFIG

@@ -564,6 +564,31 @@ def drop_incomplete_checkpoints(checkpoints: Path) -> None:
             shutil.rmtree(ckpt, ignore_errors=True)
 
 
+def final_step(cfg: RunConfig) -> int:
+    """The global step a finished run of `cfg` ends at (GRPO's half-cosine trick stops early)."""
+    stop = cfg.train.grpo.stop_at_step
+    return stop if cfg.train.method == "grpo" and stop is not None else cfg.train.max_steps
+
+
+def drop_finished_run(checkpoints: Path, cfg: RunConfig) -> None:
+    """Remove the checkpoints of a run that already reached its final step, so a rerun starts over.
+
+    Trainer saves a checkpoint at the final step, and resuming from it is not a no-op: Trainer
+    skips the batches already seen, then runs one more step before it checks max_steps, so each
+    rerun of a finished stage (`dvc repro -f train`, or after its outputs were deleted) trained
+    5, 6, 7... steps for max_steps 4. Starting over gives the first run's outputs again
+    (bit-identical on CPU: tests/test_reliability.py). Call after `drop_incomplete_checkpoints`.
+    """
+    last = last_checkpoint(checkpoints)
+    if last is None:
+        return
+    step = json.loads((Path(last) / "trainer_state.json").read_text()).get("global_step", 0)
+    if step >= final_step(cfg):
+        log.info("%s finished at step %d: training again from the start (resuming a finished run "
+                 "would add a step)", checkpoints, step)
+        shutil.rmtree(checkpoints)
+
+
 def shared_speed_plan(cfg: RunConfig, checkpoints: Path, state, train_file: Path):
     """Several processes must micro-batch alike (DDP syncs on every backward): rank 0 plans (from its
     GPU's free memory) and writes speed_plan.json, the others read it. None for one process."""
