@@ -287,3 +287,43 @@ def test_disk_full_while_saving(work, monkeypatch, capsys):
                           "free disk space")
     assert ".tmp" not in line
     assert len(calls) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14.5: the check stage (first in the DAG) refuses each bad input before any other stage runs
+
+
+@pytest.mark.parametrize("sections, needles", [
+    ({"train": {"learning_rate": "fast"}}, ("train.learning_rate", "expected a number")),
+    ({"profile": "gpu-huge"}, ("profile", "has no section under profiles")),
+    ({"prepare": {"train_path": "data/raw/nope.jsonl"}}, ("data/raw/nope.jsonl", "prepare.train_path")),
+    ({"train": {"method": "grpo", "grpo": {"train_path": "data/raw/nope.jsonl"}}},
+     ("data/raw/nope.jsonl", "train.grpo.train_path")),
+    ({"model": {"name_or_path": "./no/such/dir"}}, ("model.name_or_path", "not a directory")),
+    ({"model": {"name_or_path": "not a hub id"}}, ("model.name_or_path", "neither a local directory")),
+    ({"model": {"name_or_path": "pip:no-such-package-xyz", "gguf_file": "m.gguf"}}, ("model.name_or_path", "pip install")),
+    ({"evaluate": {"benchmarks": {"gsm8kk": {"limit": 1, "prompt": "final_answer"}}}},
+     ("evaluate.benchmarks.gsm8kk", "did you mean 'gsm8k'")),
+    ({"evaluate": {"benchmarks": {"gsm8k": {"limit": 1, "prompt": "final_answer", "path": "data/nope.jsonl"}}}},
+     ("evaluate.benchmarks.gsm8k.path", "data/nope.jsonl")),
+    ({"model": {"load_in_4bit": True}}, ("model.load_in_4bit", "CUDA")),
+    ({"train": {"optim": "adamw_8bit"}}, ("train.optim", "CUDA")),
+])
+def test_check_stage_refuses_bad_input(work, tiny_model_dir, monkeypatch, capsys, sections, needles):
+    import torch
+
+    if any(n == "CUDA" for n in needles) and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: 4-bit and 8-bit optimizers are supported here")
+    set_params(work, tiny_model_dir, **sections)
+    expect_failure(work, "check", monkeypatch, capsys, *needles)
+    assert not (work / "checks").exists()
+
+
+def test_check_stage_passes_good_input_with_params_independent_bytes(work, tiny_model_dir, monkeypatch, capsys):
+    outputs = []
+    for steps in (2, 4):
+        set_params(work, tiny_model_dir, train={"max_steps": steps})
+        code, err = call_stage(work, "check", monkeypatch, capsys)
+        assert code == 0, err
+        outputs.append((work / "checks" / "passed.json").read_bytes())
+    assert outputs[0] == outputs[1]  # so a passing check reruns nothing downstream

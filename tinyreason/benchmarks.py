@@ -246,6 +246,23 @@ def _load_hub_rows(spec: BenchmarkSpec, path: str) -> list[dict]:
     return [dict(row) for row in dataset]
 
 
+def benchmark_source(name: str, path: str | Path | None = None) -> str | Path:
+    """Where benchmark `name` is read from: a hub dataset id (str) or an existing local file (Path).
+    path None: the vendored copy (or the hub, for hub-only sets). A missing local file: one line."""
+    spec = get_spec(name)
+    if path is None:
+        if spec.path is None:
+            return f"{spec.hub_id}:{spec.hub_config}" if spec.hub_config else spec.hub_id
+        path = REPO_ROOT / spec.path
+    if isinstance(path, str) and _looks_like_hub_id(path):
+        return path
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"benchmark file {file} not found (fix: pass an existing .jsonl path or a hub dataset id"
+                        + (f"; vendored copy: {spec.path})" if spec.path else ")"))
+    return file
+
+
 def load_benchmark(name: str, path: str | Path | None = None, limit: int | None = None,
                    seed: int = 0) -> list[Problem]:
     """Load benchmark `name` as a list of Problems, in file order.
@@ -259,24 +276,16 @@ def load_benchmark(name: str, path: str | Path | None = None, limit: int | None 
     spec = get_spec(name)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise TinyReasonError(f"benchmark limit must be a positive integer or None, got {limit!r}")
-    if path is None:
-        if spec.path is None:
-            path = f"{spec.hub_id}:{spec.hub_config}" if spec.hub_config else spec.hub_id
-        else:
-            path = REPO_ROOT / spec.path
-    path_str = str(path)
+    source = benchmark_source(name, path)
+    path_str = str(source)
 
     problems: list[Problem] = []
-    if isinstance(path, str) and _looks_like_hub_id(path_str):
+    if isinstance(source, str):
         rows = _load_hub_rows(spec, path_str)
         for index, row in enumerate(rows[:limit] if limit else rows):
             problems.append(_row_to_problem(row, index, spec, f"{path_str} row {index}", seed))
     else:
-        file = Path(path)
-        if not file.is_file():
-            raise DataError(f"benchmark file {file} not found; pass an existing .jsonl path or a hub dataset id"
-                            + (f" (vendored copy: {spec.path})" if spec.path else ""))
-        for row, index, where in _iter_jsonl(file, limit):
+        for row, index, where in _iter_jsonl(source, limit):
             problems.append(_row_to_problem(row, index, spec, where, seed))
     if not problems:
         raise DataError(f"benchmark {name!r} at {path_str} has no problems")

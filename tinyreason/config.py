@@ -412,7 +412,7 @@ def config_from_dict(raw: dict, source: str = "params.yaml") -> RunConfig:
     if profile != "seed":
         if profile not in profiles:
             _fail(source, "profile", f"{profile!r} has no section under profiles "
-                                     f"(known: seed, {', '.join(profiles)})")
+                                     f"(fix: use one of seed, {', '.join(profiles)})")
         if not isinstance(profiles[profile], dict):
             _fail(source, f"profiles.{profile}", "expected a mapping of sections to override")
         raw = _apply_profile(raw, profiles[profile], profile)

@@ -77,14 +77,29 @@ def looks_like_local_path(spec: str) -> bool:
     return spec.endswith((".jsonl", ".json")) or spec.startswith((".", "/")) or Path(spec).exists()
 
 
-def read_training_rows(spec: str, hub_config: str | None, hub_split: str, fix: str) -> tuple[list, int]:
-    """Raw rows of a local JSONL file or a hub dataset, and how many local lines were not JSON.
-    `fix` completes the one-line error for a missing file (which param to set, to what)."""
+# How to fix a training-data path that names no file (the end of the one-line error).
+PREPARE_PATH_FIX = "set prepare.train_path to a JSONL file or a hub dataset id such as openai/gsm8k"
+GRPO_PATH_FIX = ("set train.grpo.train_path to a JSONL file, a hub dataset id such as knoveleng/open-rs, "
+                 "or null for the prepared GSM8K split")
+
+
+def local_data_file(spec: str, fix: str) -> Path | None:
+    """The local file `spec` names (None for a hub dataset id); a missing file is a one-line
+    DataError ending with `fix` (which param to set, to what)."""
     if not looks_like_local_path(spec):
-        return _load_hub_rows(spec, hub_config, hub_split), 0
+        return None
     path = Path(spec)
     if not path.is_file():
         raise DataError(f"{spec}: data file not found (fix: {fix})")
+    return path
+
+
+def read_training_rows(spec: str, hub_config: str | None, hub_split: str, fix: str) -> tuple[list, int]:
+    """Raw rows of a local JSONL file or a hub dataset, and how many local lines were not JSON.
+    `fix` completes the one-line error for a missing file (which param to set, to what)."""
+    path = local_data_file(spec, fix)
+    if path is None:
+        return _load_hub_rows(spec, hub_config, hub_split), 0
     rows, bad_json = read_jsonl_rows(path)
     if bad_json:
         log.warning("%s: %d line(s) are not valid JSON", spec, bad_json)
@@ -93,8 +108,7 @@ def read_training_rows(spec: str, hub_config: str | None, hub_split: str, fix: s
 
 def load_gsm8k(spec: str, hub_config: str = "main", hub_split: str = "train") -> tuple[list[ReasoningExample], int]:
     """Load GSM8K-style rows from a local JSONL path or a hub dataset id."""
-    rows, bad_json = read_training_rows(spec, hub_config, hub_split,
-                                        "set prepare.train_path to a JSONL file or a hub dataset id such as openai/gsm8k")
+    rows, bad_json = read_training_rows(spec, hub_config, hub_split, PREPARE_PATH_FIX)
     examples, dropped = parse_gsm8k_rows(rows, spec)
     if not examples:
         raise DataError(f"{spec}: no usable rows after dropping {dropped + bad_json} malformed one(s) "
@@ -129,6 +143,17 @@ def _question_key(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def check_benchmark_names(cfg) -> None:
+    from tinyreason import benchmarks
+
+    for name in cfg.evaluate.benchmarks:
+        if name not in benchmarks.BENCHMARKS:
+            close = difflib.get_close_matches(name, benchmarks.BENCHMARKS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"params.yaml: evaluate.benchmarks.{name}: unknown benchmark (fix: {hint}use one "
+                              f"of {', '.join(benchmarks.BENCHMARKS)})")
+
+
 def build_prepared_splits(cfg, tokenizer) -> tuple[dict[str, list[dict]], dict]:
     """train/val (SFT prompt-completion rows) and test (rendered evaluation prompts), plus a report.
 
@@ -137,12 +162,7 @@ def build_prepared_splits(cfg, tokenizer) -> tuple[dict[str, list[dict]], dict]:
     """
     from tinyreason import benchmarks, prompts
 
-    for name in cfg.evaluate.benchmarks:  # before any work: a typo here is a params problem
-        if name not in benchmarks.BENCHMARKS:
-            close = difflib.get_close_matches(name, benchmarks.BENCHMARKS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"params.yaml: evaluate.benchmarks.{name}: unknown benchmark (fix: {hint}use one "
-                            f"of {', '.join(benchmarks.BENCHMARKS)})")
+    check_benchmark_names(cfg)  # before any work: a typo here is a params problem
     examples, dropped = load_gsm8k(cfg.prepare.train_path, cfg.prepare.hub_config, cfg.prepare.hub_split)
     try:
         train, val = subsample_and_split(examples, cfg.prepare.num_samples, cfg.prepare.val_fraction, cfg.seed)

@@ -117,11 +117,9 @@ def load_problems(cfg: RunConfig, prepared_train: Path) -> list[dict]:
         raw = [json.loads(line) for line in Path(prepared_train).read_text().splitlines() if line.strip()]
     else:
         source = g.train_path
-        from tinyreason.data import read_training_rows
+        from tinyreason.data import GRPO_PATH_FIX, read_training_rows
 
-        raw, _ = read_training_rows(g.train_path, g.hub_config, g.hub_split,
-                                    "set train.grpo.train_path to a JSONL file, a hub dataset id such as "
-                                    "knoveleng/open-rs, or null for the prepared GSM8K split")
+        raw, _ = read_training_rows(g.train_path, g.hub_config, g.hub_split, GRPO_PATH_FIX)
     rows = [p for p in map(_row_to_problem, raw) if p is not None]
     if len(rows) < len(raw):
         log.warning("%s: dropped %d malformed row(s) (need a problem/question and an answer or a boxed "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -39,6 +40,30 @@ def resolve_model_location(cfg: ModelConfig) -> str:
             return str(Path(dist.locate_file(file)).parent)
     raise TinyReasonError(f"model.gguf_file: {wanted!r} is not in pip package {dist_name!r} "
                           "(fix: name a file the package ships)")
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+MODEL_PATH_FIX = ("fix: set model.name_or_path to a hub id such as Qwen/Qwen2.5-1.5B-Instruct, a local model "
+                  "directory, or pip:<package>")
+
+
+def check_model_location(cfg: ModelConfig) -> None:
+    """model.name_or_path (and gguf_file) name something loadable, checked without loading it:
+    an installed pip package holding gguf_file, an existing directory, or a well-formed hub id."""
+    spec = cfg.name_or_path
+    if spec.startswith("pip:"):
+        resolve_model_location(cfg)
+        return
+    path = Path(spec)
+    if spec.startswith((".", "/", "~")) or path.exists():
+        if not path.is_dir():
+            raise TinyReasonError(f"model.name_or_path: {spec!r} is not a directory ({MODEL_PATH_FIX})")
+        if cfg.gguf_file and not (path / cfg.gguf_file).is_file():
+            raise TinyReasonError(f"model.gguf_file: {cfg.gguf_file!r} is not in {spec} (fix: name a GGUF file "
+                                  "of that directory, or null)")
+    elif not _HUB_ID.fullmatch(spec):
+        raise TinyReasonError(f"model.name_or_path: {spec!r} is neither a local directory nor a hub id "
+                              f"({MODEL_PATH_FIX})")
 
 
 def _common_kwargs(cfg: ModelConfig) -> dict:

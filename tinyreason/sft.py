@@ -542,7 +542,7 @@ def check_device_support(cfg: RunConfig, checkpoints: Path) -> None:
     if torch.cuda.is_available():
         return
     modeling.quantization_config(cfg.model)  # one-line error when model.load_in_4bit asks for NF4
-    build_sft_config(cfg, checkpoints)  # one-line error for a bitsandbytes optimizer
+    common_training_arguments(cfg, checkpoints)  # one-line error for a bitsandbytes optimizer
 
 
 def drop_incomplete_checkpoints(checkpoints: Path) -> None:

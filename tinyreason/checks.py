@@ -1,0 +1,47 @@
+"""The `check` stage: every param and input validated before any other stage runs.
+
+DVC removes a stage's outputs just before it runs the stage's command, so a bad param that only the
+train stage noticed had already cost models/adapter, metrics/train.json and dvclive/train (and a
+bad data path, data/prepared/*). `check` is the first stage of the DAG and depends on every param
+and on the input data, so `dvc repro` / `dvc exp run` stop here, before anything is removed.
+
+Its output (PASSED) has the same bytes whatever the params: a passing check never makes DVC rerun
+a later stage; only the params and deps each stage itself lists do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tinyreason.config import RunConfig, load_config
+from tinyreason.errors import DataError
+
+PASSED = Path("checks/passed.json")
+CHECKED = ["params.yaml: keys, types, ranges, the active profile and cross-references",
+           "model.name_or_path / model.gguf_file: a pip package, a directory or a hub id",
+           "prepare.train_path, train.grpo.train_path: an existing file or a hub id",
+           "evaluate.benchmarks: known names, existing files",
+           "model.load_in_4bit, train.optim: supported on this machine"]
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """Everything a stage would refuse later, refused now (same checks, one-line errors)."""
+    from tinyreason import benchmarks, data, modeling, sft
+
+    modeling.check_model_location(cfg.model)
+    data.local_data_file(cfg.prepare.train_path, data.PREPARE_PATH_FIX)
+    if cfg.train.method == "grpo" and cfg.train.grpo.train_path is not None:
+        data.local_data_file(cfg.train.grpo.train_path, data.GRPO_PATH_FIX)
+    data.check_benchmark_names(cfg)
+    for name, run in cfg.evaluate.benchmarks.items():
+        try:
+            benchmarks.benchmark_source(name, run.path)
+        except DataError as exc:
+            raise DataError(f"params.yaml: evaluate.benchmarks.{name}.path: {exc}") from None
+    sft.check_device_support(cfg, Path("checkpoints"))
+
+
+def check_run(params: str | Path = "params.yaml") -> RunConfig:
+    cfg = load_config(params)
+    check_inputs(cfg)
+    return cfg
