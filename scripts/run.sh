@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install, then run the main job: the seeded Tiny-Reason recipe (`dvc repro`) where a CUDA GPU and
-# the Hugging Face hub are reachable, else the offline CPU profile (`dvc exp run -S profile=cpu`).
+# the Hugging Face hub are reachable, else the offline CPU profile as a DVC experiment run in a
+# temporary copy (`dvc exp run --temp -S profile=cpu`). Either way the checkout's tracked files,
+# params.yaml included, are left as they were.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -17,11 +19,24 @@ except OSError:
 PY
 )
 if [ "$has_gpu" = 1 ] && [ "$has_hub" = 1 ]; then
-  echo "run.sh: CUDA GPU and hub reachable -> the seeded recipe: dvc repro"
+  echo "run.sh: CUDA GPU and hub reachable -> the seeded recipe (params.yaml as it is): dvc repro"
   dvc repro
+  dvc metrics show
+  echo "run.sh: done. Outputs (data/prepared, models/adapter, metrics.json, ...) and dvc.lock are in"
+  echo "  this checkout; params.yaml is unchanged."
 else
   why=$([ "$has_gpu" = 1 ] && echo "the hub is unreachable" || echo "no CUDA GPU")
-  echo "run.sh: $why -> the offline CPU profile: dvc exp run -S profile=cpu"
-  dvc exp run -S profile=cpu
+  # A plain `dvc exp run -S profile=cpu` applies the experiment to the workspace: params.yaml is
+  # rewritten to profile: cpu. --temp runs it in a temporary copy and keeps it as an experiment
+  # (a git ref), so this checkout stays as it was and the results are one command away.
+  name="cpu-$(date -u +%Y%m%d-%H%M%S)"
+  echo "run.sh: $why -> the offline CPU profile as experiment $name: dvc exp run --temp -n $name -S profile=cpu"
+  dvc exp run --temp -n "$name" -S profile=cpu
+  echo "run.sh: metrics of experiment $name (HEAD has none until a run is committed):"
+  dvc metrics diff --md HEAD "$name"
+  echo "run.sh: done. This checkout is unchanged (params.yaml still says profile: seed); the run is"
+  echo "  experiment $name:"
+  echo "    dvc exp show                # its params and metrics next to the other experiments"
+  echo "    dvc exp apply $name   # its outputs (models/adapter, metrics.json, ...) into this"
+  echo "                                # checkout; that also sets profile: cpu in params.yaml"
 fi
-dvc metrics show
