@@ -46,13 +46,13 @@ class GenerationEngine:
     def __init__(self, model, max_num_seqs: int = 256, max_model_len: int = 4096, block_size: int | None = None,
                  num_blocks: int | None = None, memory_utilization: float = 0.9, prefill_tokens: int = 8192,
                  sync_every: int = 16, use_cuda_graph: bool | None = None, compile: bool | None = None,
-                 fuse_weights: bool = False, min_refill: int | None = None, split_tokens: int = 2048):
+                 fuse_weights: bool = False, min_refill: int | None = None):
         self.model = model
         on_cuda = next(model.parameters()).device.type == "cuda"
         block_size = block_size or (64 if on_cuda else 16)
         self.max_model_len = int(max_model_len)
         self.runner = ModelRunner(model, max_num_seqs, self.max_model_len, block_size, num_blocks, memory_utilization,
-                                  prefill_tokens, use_cuda_graph, compile, fuse_weights, split_tokens)
+                                  prefill_tokens, use_cuda_graph, compile, fuse_weights)
         self.max_num_seqs, self.block_size = max_num_seqs, block_size
         self.prefill_tokens, self.sync_every, self.min_refill = prefill_tokens, sync_every, min_refill
         self.stats: dict[str, float] = {}
@@ -207,9 +207,8 @@ class GenerationEngine:
                     table[row_of[seq.index], :len(seq.blocks)] = torch.tensor(seq.blocks, dtype=torch.int32)
                 self._upload([], table, free_rows)
                 rows = max(row_of.values()) + 1
-                longest = max(len(s) for s in sched.running) + steps
                 for step in range(steps):
-                    runner.decode_step(rows, mode, longest)
+                    runner.decode_step(rows, mode)
                     hist[:rows, step].copy_(runner.tok[:rows])
                 new = hist[:rows, :steps].tolist()
                 st["decode_steps"] += steps

@@ -45,15 +45,19 @@ def _silu_mul(gate, up):
 
 
 def batch_buckets(max_seqs: int) -> list[int]:
-    """Decode batch sizes that get a graph: 1, 2, 4, 8, then steps of 16 (a batch pads up)."""
-    small = [b for b in (1, 2, 4, 8) if b < max_seqs]
-    return small + list(range(16, max_seqs, 16)) + [max_seqs]
+    """Decode batch sizes that get a graph (a batch pads up to the next): 1, 2, 4, 8, 16, then
+    steps of an eighth of the size (<= 12.5% padding) up to max_seqs."""
+    sizes, b = [], 1
+    while b < max_seqs:
+        sizes.append(b)
+        b = b * 2 if b < 16 else b + max(16, 2 ** (b.bit_length() - 3))
+    return sizes + [max_seqs]
 
 
 class ModelRunner:
     def __init__(self, model, max_seqs: int, max_model_len: int, block_size: int, num_blocks: int | None = None,
                  memory_utilization: float = 0.9, prefill_tokens: int = 8192, use_cuda_graph: bool | None = None,
-                 compile: bool | None = None, fuse_weights: bool = False, split_tokens: int = 2048):
+                 compile: bool | None = None, fuse_weights: bool = False):
         self.model = model
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.body, self.lm_head = base.model, base.lm_head
@@ -70,7 +74,6 @@ class ModelRunner:
         on_cuda = self.device.type == "cuda"
         self.max_seqs, self.block_size = max_seqs, block_size
         self.max_blocks, self.max_model_len = cdiv(max_model_len, block_size), max_model_len
-        self.split_tokens = split_tokens
         scale = self.layers[0].self_attn.scaling
         fast_attn = on_cuda and self.dtype in (torch.float16, torch.bfloat16) and block_size >= 16
         self.attention = (CudaAttention if fast_attn else TorchAttention)(scale, self.n_heads, self.n_kv)
@@ -81,7 +84,8 @@ class ModelRunner:
         rope_type = getattr(self.body.rotary_emb, "rope_type", "default") or "default"
         self.rope_table = not any(t in rope_type for t in ("dynamic", "longrope"))
         compile = (self.use_cuda_graph and on_cuda) if compile is None else compile
-        wrap = (lambda f: torch.compile(f, dynamic=False, fullgraph=True)) if compile else (lambda f: f)
+        # dynamic: one compile serves every batch-size bucket (a static compile per bucket costs seconds each)
+        wrap = (lambda f: torch.compile(f, dynamic=True, fullgraph=True)) if compile else (lambda f: f)
         self.c_add_rms, self.c_rope, self.c_silu_mul = wrap(_add_rms), wrap(_rope), wrap(_silu_mul)
         if compile:
             import torch._dynamo as dynamo
@@ -275,18 +279,25 @@ class ModelRunner:
         self.tok[:rows].copy_(nxt)
         self.pos[:rows].add_(1)
 
-    def splits_for(self, longest: int) -> int:
-        """Programs per request in decode attention: one while contexts are short, else enough that
-        each reads about `split_tokens` of the longest possible context."""
-        if not isinstance(self.attention, CudaAttention) or longest <= self.split_tokens:
+    def splits_for(self, rows: int) -> int:
+        """Most programs one request's decode attention is split over (a power of 2, <= 32): about
+        4 programs per SM when few requests run, and at most 64 blocks per program whatever the
+        batch (each request's blocks are dealt evenly to its programs, so a long context does not
+        straggle behind short ones); never pieces under 4 blocks."""
+        if not isinstance(self.attention, CudaAttention):
             return 1
-        return cdiv(self.max_blocks * self.block_size, self.split_tokens)
+        sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+        want = min(max(4 * sms // (rows * self.n_kv), cdiv(self.max_blocks, 64)), self.max_blocks // 4, 32)
+        splits = 1
+        while splits < want:
+            splits *= 2
+        return min(splits, 32)
 
-    def decode_step(self, rows: int, mode: str, longest: int) -> None:
-        splits = self.splits_for(longest)
+    def decode_step(self, rows: int, mode: str) -> None:
+        bucket = next(b for b in batch_buckets(self.max_seqs) if b >= rows)
+        splits = self.splits_for(bucket)
         if not self.use_cuda_graph:
             return self._decode_body(rows, mode, splits)
-        bucket = next(b for b in batch_buckets(self.max_seqs) if b >= rows)
         key = (bucket, mode, splits)
         if key not in self.graphs:
             self.graphs[key] = self._capture(bucket, mode, splits)

@@ -18,13 +18,16 @@ _LOG2E = 1.4426950408889634
 @triton.jit
 def _decode(Q, K, V, BT, LENS, O, OP, LSEP, qk_scale, bt_stride,
             H: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-            BS: tl.constexpr, PAGES: tl.constexpr, SPLITS: tl.constexpr):
+            BS: tl.constexpr, MIN_PAGES: tl.constexpr, SPLITS: tl.constexpr):
     b = tl.program_id(0)
     kh = tl.program_id(1)
     sp = tl.program_id(2)
     length = tl.load(LENS + b)
-    first = sp * PAGES
-    last = tl.minimum(first + PAGES, tl.cdiv(length, BS))
+    n_pages = tl.cdiv(length, BS)
+    # each request's own pages dealt evenly to its splits (long and short requests finish together)
+    per_split = tl.maximum(MIN_PAGES, tl.cdiv(n_pages, SPLITS))
+    first = sp * per_split
+    last = tl.minimum(first + per_split, n_pages)
     g = tl.arange(0, GP)
     d = tl.arange(0, D)
     t = tl.arange(0, BS)
@@ -50,32 +53,34 @@ def _decode(Q, K, V, BT, LENS, O, OP, LSEP, qk_scale, bt_stride,
     if SPLITS == 1:
         tl.store(O + (b * H + heads)[:, None] * D + d[None, :], (acc / safe[:, None]).to(O.dtype.element_ty),
                  mask=(g < G)[:, None])
-    else:
+    elif first < n_pages:  # splits past the request's pages write nothing; _combine skips them
         row = (b * H + heads) * SPLITS + sp
         tl.store(OP + row[:, None] * D + d[None, :], acc / safe[:, None], mask=(g < G)[:, None])
         tl.store(LSEP + row, m + tl.log2(safe), mask=g < G)
 
 
 @triton.jit
-def _combine(OP, LSEP, O, SPLITS: tl.constexpr, SP: tl.constexpr, D: tl.constexpr):
+def _combine(OP, LSEP, O, LENS, H: tl.constexpr, SPLITS: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+             MIN_PAGES: tl.constexpr):
     bh = tl.program_id(0)
-    s = tl.arange(0, SP)
+    n_pages = tl.cdiv(tl.load(LENS + bh // H), BS)
+    used = tl.cdiv(n_pages, tl.maximum(MIN_PAGES, tl.cdiv(n_pages, SPLITS)))
+    s = tl.arange(0, SPLITS)
     d = tl.arange(0, D)
-    lse = tl.load(LSEP + bh * SPLITS + s, mask=s < SPLITS, other=float("-inf"))
+    lse = tl.load(LSEP + bh * SPLITS + s, mask=s < used, other=float("-inf"))
     w = tl.exp2(lse - tl.max(lse, 0))
-    o = tl.load(OP + (bh * SPLITS + s)[:, None] * D + d[None, :], mask=(s < SPLITS)[:, None], other=0.0)
+    o = tl.load(OP + (bh * SPLITS + s)[:, None] * D + d[None, :], mask=(s < used)[:, None], other=0.0)
     tl.store(O + bh * D + d, (tl.sum(o * w[:, None], 0) / tl.sum(w, 0)).to(O.dtype.element_ty))
 
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
-                 lens: torch.Tensor, scale: float, splits: int) -> torch.Tensor:
+                 lens: torch.Tensor, scale: float, splits: int, min_pages: int = 4) -> torch.Tensor:
     """q [rows, heads, head_dim]; caches [blocks, kv_heads, block_size, head_dim]; block_table
-    [rows, max_blocks] int32; lens [rows] int32 (>= 1). A request's blocks are dealt to `splits`
-    programs in runs of ceil(max_blocks / splits). Returns [rows, heads, head_dim]."""
+    [rows, max_blocks] int32; lens [rows] int32 (>= 1). Up to `splits` (a power of 2) programs
+    share one request's blocks, each at least `min_pages` of them. Returns [rows, heads, head_dim]."""
     rows, H, D = q.shape
     HKV, BS = k_cache.shape[1], k_cache.shape[2]
     G = H // HKV
-    pages = triton.cdiv(block_table.shape[1], splits)
     out = torch.empty_like(q)
     if splits == 1:
         op = lse = out  # unused
@@ -84,7 +89,7 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         lse = torch.empty(rows, H, splits, device=q.device, dtype=torch.float32)
     _decode[(rows, HKV, splits)](q, k_cache, v_cache, block_table, lens, out, op, lse, scale * _LOG2E,
                                  block_table.stride(0), H=H, HKV=HKV, G=G, GP=max(16, triton.next_power_of_2(G)),
-                                 D=D, BS=BS, PAGES=pages, SPLITS=splits, num_warps=4, num_stages=2)
+                                 D=D, BS=BS, MIN_PAGES=min_pages, SPLITS=splits, num_warps=4, num_stages=2)
     if splits > 1:
-        _combine[(rows * H,)](op, lse, out, SPLITS=splits, SP=triton.next_power_of_2(splits), D=D)
+        _combine[(rows * H,)](op, lse, out, lens, H=H, SPLITS=splits, D=D, BS=BS, MIN_PAGES=min_pages)
     return out
