@@ -263,7 +263,7 @@ class EngineRollout:
 
     TRL hands over the per-process prompts, each already repeated num_generations times; one
     completion per entry comes back. The engine (static KV cache, CUDA graphs, continuous batching)
-    is built once and reused. With `merge_for_rollout` it runs on a `MergedShadow` (plain weights,
+    is built once and reused; the k completions of a prompt share its prefill. With `merge_for_rollout` it runs on a `MergedShadow` (plain weights,
     refreshed from the adapter before every rollout: no LoRA matmuls per token); else it runs the
     unmerged PEFT model and reads the LoRA weights in place. Either way every optimizer step is seen.
     """
@@ -290,9 +290,10 @@ class EngineRollout:
             else:
                 self.shadow.refresh()
         need = max(len(p) for p in prompt_ids) + self.g.max_completion_length
-        if self.engine is None or self.engine.slots < len(prompt_ids) or self.engine.max_seq_len < need:
-            self.engine = GenerationEngine(self.shadow.model if self.shadow else model, max_batch_size=len(prompt_ids),
-                                           max_seq_len=max(need, self.max_prompt_length + self.g.max_completion_length))
+        if self.engine is None or self.engine.max_num_seqs < len(prompt_ids) or self.engine.max_model_len < need:
+            # sized to the rollout (KV blocks for every completion at full length), so training keeps the rest
+            self.engine = GenerationEngine(self.shadow.model if self.shadow else model, max_num_seqs=len(prompt_ids),
+                                           max_model_len=max(need, self.max_prompt_length + self.g.max_completion_length))
             self.eos_ids = eos_token_ids_of(model, tokenizer)
         self.calls += 1
         completion_ids = self.engine.generate(prompt_ids, self.g.max_completion_length, temperature=self.g.temperature,
