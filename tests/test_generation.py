@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tinyreason.generation import (
+    Completion,
     GenerationEngine,
     GenerationSettings,
     generate_completions,
@@ -168,9 +169,10 @@ def test_stop_strings_and_completions_api():
     model = tiny_qwen2(vocab=len(tokenizer))
     prompts = ["Question: what is 3 + 4?", "The answer", "Janet sells 16 eggs. #### "]
     base = GenerationSettings(max_new_tokens=20)
-    hf_text = generate_completions(model, tokenizer, prompts, base, batch_size=2, show_progress=False)
-    eng_text = generate_completions(model, tokenizer, prompts, base, show_progress=False, use_engine=True)
-    assert eng_text == hf_text
+    hf = generate_completions(model, tokenizer, prompts, base, batch_size=2, show_progress=False)
+    eng = generate_completions(model, tokenizer, prompts, base, show_progress=False, use_engine=True)
+    assert eng == hf  # same text, length and truncated flag on both paths
+    hf_text = [c.text for c in hf]
     # A stop string taken from the first completion: text is cut before it on both paths, and the
     # engine ends that request at the token that completes it.
     text0 = hf_text[0]
@@ -179,13 +181,55 @@ def test_stop_strings_and_completions_api():
     settings = GenerationSettings(max_new_tokens=20, stop_strings=(stop,))
     hf_cut = generate_completions(model, tokenizer, prompts, settings, show_progress=False)
     eng_cut = generate_completions(model, tokenizer, prompts, settings, show_progress=False, use_engine=True)
-    assert eng_cut == hf_cut
-    assert eng_cut[0] == text0[:text0.find(stop)]
+    assert [c.text for c in eng_cut] == [c.text for c in hf_cut]
+    assert eng_cut[0].text == text0[:text0.find(stop)]
+    # a stop string ends the answer: not truncated, whatever the token count
+    assert not eng_cut[0].truncated and not hf_cut[0].truncated
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     toks = generate_token_ids(model, ids, settings, tokenizer=tokenizer, use_cuda_graph=False)
     first = toks[0]
     assert stop in tokenizer.decode(first) and stop not in tokenizer.decode(first[:-1])
     assert len(first) < 20
+
+
+def _force_eos(model, eos_id: int, rows=None):
+    """A forward hook on lm_head that makes EOS the greedy pick (in `rows` of the batch, or all)."""
+    def hook(module, inputs, out):
+        out = out.clone()
+        idx = (slice(None),) if rows is None else (rows,)
+        out[idx + (Ellipsis, eos_id)] += 1e4
+        return out
+    return model.lm_head.register_forward_hook(hook)
+
+
+def test_completion_length_and_truncated_flag():
+    """num_tokens counts the new tokens up to and including EOS; truncated = the cap was hit without
+    EOS. HF path: a row that ends early is padded afterwards, and the padding is not counted."""
+    tokenizer = _tiny_tokenizer()
+    model = tiny_qwen2(vocab=len(tokenizer))
+    prompts = ["Question: what is 3 + 4?", "The answer", "Janet sells 16 eggs. #### "]
+    settings = GenerationSettings(max_new_tokens=6)
+    capped = generate_completions(model, tokenizer, prompts, settings, show_progress=False)
+    assert [(c.num_tokens, c.truncated) for c in capped] == [(6, True)] * 3
+    assert generate_completions(model, tokenizer, prompts, settings, show_progress=False, use_engine=True) == capped
+
+    eos = tokenizer.eos_token_id
+    handle = _force_eos(model, eos, rows=0)  # only the first prompt of the HF batch ends at once
+    try:
+        mixed = generate_completions(model, tokenizer, prompts, settings, batch_size=3, show_progress=False)
+    finally:
+        handle.remove()
+    assert mixed[0] == Completion(text="", num_tokens=1, truncated=False)
+    assert [(c.num_tokens, c.truncated) for c in mixed[1:]] == [(6, True)] * 2
+
+    handle = _force_eos(model, eos)
+    try:
+        for use_engine in (False, True):
+            done = generate_completions(model, tokenizer, prompts, settings, show_progress=False,
+                                        use_engine=use_engine)
+            assert done == [Completion(text="", num_tokens=1, truncated=False)] * 3, use_engine
+    finally:
+        handle.remove()
 
 
 def test_make_stop_fn_window():

@@ -2,7 +2,8 @@
 
 Public API (kept stable for evaluation, chat and GRPO):
     GenerationSettings: max_new_tokens, temperature (0 = greedy), top_p, seed, stop_strings
-    generate_completions(model, tokenizer, prompts, settings, batch_size) -> list[str]
+    Completion: text, num_tokens, truncated
+    generate_completions(model, tokenizer, prompts, settings, batch_size) -> list[Completion]
 
 Lower level (token ids in, token ids out; for GRPO rollouts and benchmarks):
     GenerationEngine(model, max_batch_size, max_seq_len, use_cuda_graph=None)
@@ -50,6 +51,21 @@ class GenerationSettings:
     top_p: float = 1.0
     seed: int = 0
     stop_strings: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated completion. `num_tokens` counts the new tokens including the EOS that ended it;
+    `truncated` means generation stopped at `max_new_tokens` (no EOS, no stop string), i.e. the
+    answer may be cut off: evaluation reports the share as truncated_rate."""
+
+    text: str
+    num_tokens: int
+    truncated: bool
+
+
+def _stop_hit(text: str, stop_strings: tuple[str, ...]) -> bool:
+    return any(stop and stop in text for stop in stop_strings)
 
 
 def _truncate_at_stop(text: str, stop_strings: tuple[str, ...]) -> str:
@@ -773,35 +789,46 @@ def generate_token_ids(model, prompt_ids: Sequence[Sequence[int]], settings: Gen
 
 @torch.inference_mode()
 def generate_completions(model, tokenizer, prompts: list[str], settings: GenerationSettings,
-                         batch_size: int = 16, show_progress: bool = True,
-                         use_engine: bool | None = None, max_batch_size: int = 256) -> list[str]:
+                         batch_size: int | None = None, show_progress: bool = True,
+                         use_engine: bool | None = None) -> list[Completion]:
     """Generate one completion per prompt.
 
-    Prompts are already-rendered chat text; the returned strings hold only the new text, cut at
-    the first stop string. On CUDA (or with use_engine=True) this runs the static-cache,
-    CUDA-graph, continuous-batching engine with `max_batch_size` slots; on CPU it falls back to HF
-    `generate` with batches of `batch_size` (left padding).
+    Prompts are already-rendered chat text; each Completion's text holds only the new text, cut at
+    the first stop string. `batch_size` is the most requests in flight at once, on every device:
+    on CUDA (or with use_engine=True) the static-cache, CUDA-graph, continuous-batching engine's
+    slot count; on CPU the batch size of HF `generate` (left padding). None: as many as the
+    device allows (the engine's own cap of 256 slots; on CPU every prompt in one batch).
     """
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = next(model.parameters()).device
     eos_ids = eos_token_ids_of(model, tokenizer)
+    eos_set = set(eos_ids or [tokenizer.eos_token_id])
+    stops = settings.stop_strings
     if use_engine is None:
         use_engine = device.type == "cuda"
     if use_engine:
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        slots = {} if batch_size is None else {"max_batch_size": batch_size}
         new = generate_token_ids(model, ids, settings, eos_token_ids=eos_ids, tokenizer=tokenizer,
-                                 max_batch_size=max_batch_size, show_progress=show_progress)
-        return [_truncate_at_stop(tokenizer.decode(t, skip_special_tokens=True), settings.stop_strings)
-                for t in new]
+                                 show_progress=show_progress, **slots)
+        out = []
+        for toks in new:
+            text = tokenizer.decode(toks, skip_special_tokens=True)
+            # the engine keeps the EOS that ended a request and cuts at a stop string's token
+            ended = bool(toks) and toks[-1] in eos_set
+            out.append(Completion(_truncate_at_stop(text, stops), len(toks),
+                                  not ended and not _stop_hit(text, stops) and len(toks) >= settings.max_new_tokens))
+        return out
 
     tokenizer.padding_side = "left"
     torch.manual_seed(settings.seed)
     do_sample = settings.temperature > 0
-    outputs: list[str] = []
-    batches = range(0, len(prompts), batch_size)
+    outputs: list[Completion] = []
+    step = batch_size or max(1, len(prompts))
+    batches = range(0, len(prompts), step)
     for start in tqdm(batches, desc="generate", disable=not show_progress):
-        chunk = prompts[start:start + batch_size]
+        chunk = prompts[start:start + step]
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         gen = model.generate(
             **enc,
@@ -814,7 +841,11 @@ def generate_completions(model, tokenizer, prompts: list[str], settings: Generat
             eos_token_id=eos_ids or tokenizer.eos_token_id,
         )
         new_tokens = gen[:, enc["input_ids"].shape[1]:]
-        for row in new_tokens:
+        for row in new_tokens.tolist():
+            # a finished row is padded after its EOS; count up to and including the EOS
+            end = next((i + 1 for i, t in enumerate(row) if t in eos_set), None)
+            count = end if end is not None else sum(t != tokenizer.pad_token_id for t in row)
             text = tokenizer.decode(row, skip_special_tokens=True)
-            outputs.append(_truncate_at_stop(text, settings.stop_strings))
+            outputs.append(Completion(_truncate_at_stop(text, stops), count,
+                                      end is None and not _stop_hit(text, stops)))
     return outputs
