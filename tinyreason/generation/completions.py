@@ -115,7 +115,7 @@ def generate_completions(model, tokenizer, prompts: list[str], settings: Generat
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = next(model.parameters()).device
-    eos_ids = eos_token_ids_of(model, tokenizer)
+    eos_ids = eos_token_ids_of(model, tokenizer) or [tokenizer.eos_token_id]
     if use_engine is None:
         use_engine = device.type == "cuda"
     if use_engine:
