@@ -35,7 +35,8 @@ def main() -> None:
         model = modeling.load_adapter_model(cfg.model, ADAPTER, merge=True)
         evaluation.check_fits_context(model, tokenizer, cfg, rows, TEST)
         records["adapter"] = evaluation.predict(model, tokenizer, cfg, rows, "adapter")
-    metrics = evaluation.build_metrics(records, cfg.evaluate.samples)
+    samples = {r["benchmark"]: cfg.evaluate.samples_of(r["benchmark"]) for r in rows}  # k per benchmark
+    metrics = evaluation.build_metrics(records, samples)
 
     with atomic_directory("predictions") as out:
         for bench in metrics:

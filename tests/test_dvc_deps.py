@@ -87,6 +87,10 @@ def test_stage_deps_cover_every_module_the_stage_imports(stage):
     spec = stages()[stage]
     script = REPO / "stages" / f"{stage}.py"
     assert f"stages/{stage}.py" in spec["deps"], f"{stage}: the stage script is not a dep"
+    gone = [d for d in spec["deps"] if not (REPO / d).exists() and not d.startswith("data/prepared/")
+            and d not in {o if isinstance(o, str) else next(iter(o)) for st in stages().values()
+                          for o in st.get("outs", [])}]
+    assert not gone, f"dvc.yaml stage {stage!r} depends on {gone}, which do not exist (moved? a package now?)"
     missing = uncovered(import_closure(REPO, script), spec["deps"])
     assert not missing, (f"dvc.yaml stage {stage!r} runs {missing} but does not list them under deps: "
                          "add them, or editing them leaves `dvc repro` 'up to date' with stale outputs")

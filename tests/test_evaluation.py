@@ -17,7 +17,7 @@ def records(label, verdicts, bench="gsm8k", samples=None):
     for i, v in enumerate(verdicts):
         for s, c in enumerate(samples[i] if samples else [v]):
             out.append({"model": label, "benchmark": bench, "id": f"p{i}", "sample": s, "correct": c,
-                        "formatted": True})
+                        "formatted": True, "num_tokens": 10, "truncated": False})
     return out
 
 

@@ -401,7 +401,7 @@ def test_merged_shadow_generates_like_the_unmerged_lora_model(toy_setup, one_thr
     prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
 
     def greedy(m):
-        return GenerationEngine(m, max_batch_size=3, max_seq_len=64).generate(prompts, 12, temperature=0.0)
+        return GenerationEngine(m, max_num_seqs=3, max_model_len=64).generate(prompts, 12, temperature=0.0)
 
     shadow = MergedShadow(model)
     assert greedy(shadow.model) == greedy(model)

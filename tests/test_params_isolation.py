@@ -24,6 +24,9 @@ PARAMS_READERS = [
     "tests/test_distributed.py::test_num_gpus_default_and_validation",
     "tests/test_safety.py::test_params_default_keeps_remote_code_off",
     "tests/test_chat.py::test_profile_flag_resolves_cpu_model_and_model_flag_overrides",
+    "tests/test_eval_protocol.py::test_shipped_params_batch_size_means_requests_in_flight",
+    "tests/test_eval_protocol.py::test_eval_tina_overlay_loads_with_tinas_protocol",
+    "tests/test_eval_protocol.py::test_recipe_list_shows_presets_then_overlays",
 ]
 
 

@@ -178,17 +178,32 @@ class BenchmarkRun:
     limit: int | None = field(default=None, metadata=_range(1))  # None: the whole benchmark
     prompt: str = "final_answer"  # a key of `prompts`
     path: str | None = None  # None: the vendored copy; else a local JSONL or a hub dataset id
+    # Samples per problem for this benchmark (None: evaluate.samples). Small sets (AIME, AMC) need k
+    # samples for a stable mean@k while large ones (MATH500) are run once.
+    samples: int | None = field(default=None, metadata=_range(1))
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     max_new_tokens: int = field(default=512, metadata=_range(1))
-    batch_size: int = field(default=64, metadata=_range(1))
+    # The most generation requests in flight at once, on every device: the engine's slots on CUDA,
+    # HF generate's batch size on CPU. None: as many as the device allows (the engine's own limit).
+    batch_size: int | None = field(default=None, metadata=_range(1))
     temperature: float = field(default=0.0, metadata=_range(0.0, 5.0))  # 0: greedy
     top_p: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
     samples: int = field(default=1, metadata=_range(1))  # k > 1 needs temperature > 0
     evaluate_base: bool = True
-    benchmarks: dict[str, BenchmarkRun] = field(default_factory=lambda: {"gsm8k": BenchmarkRun()})
+    # A benchmark set to null is off: an overlay (recipes/eval-tina.yaml, `dvc exp run -S`) can only
+    # merge keys, never delete one, so null is how it drops a benchmark the base params list.
+    benchmarks: dict[str, BenchmarkRun | None] = field(default_factory=lambda: {"gsm8k": BenchmarkRun()})
+
+    def __post_init__(self):
+        object.__setattr__(self, "benchmarks", {k: v for k, v in self.benchmarks.items() if v is not None})
+
+    def samples_of(self, benchmark: str) -> int:
+        """Samples per problem for `benchmark`: its own `samples`, else evaluate.samples."""
+        run = self.benchmarks.get(benchmark)
+        return self.samples if run is None or run.samples is None else run.samples
 
 
 @dataclass(frozen=True)
@@ -308,24 +323,25 @@ _NO_DEFAULT = object()
 def _shipped_value(path: tuple[str, ...]):
     """The typed default at `path` (e.g. ("train", "max_steps") -> 250): the value params.yaml ships
     for every key a profile overrides (tests/test_config.py checks that). _NO_DEFAULT if none."""
+    def strip_optional(tp):
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            return next(a for a in typing.get_args(tp) if a is not type(None))
+        return tp
+
     tp: Any = RunConfig
     value: Any = RunConfig()
     for key in path:
-        args = typing.get_args(tp)
-        if typing.get_origin(tp) in (typing.Union, types.UnionType):
-            tp = next(a for a in args if a is not type(None))
-            args = typing.get_args(tp)
         if dataclasses.is_dataclass(tp):
             if key not in {f.name for f in dataclasses.fields(tp)}:
                 return _NO_DEFAULT
-            tp, value = typing.get_type_hints(tp)[key], getattr(value, key)
+            tp, value = strip_optional(typing.get_type_hints(tp)[key]), getattr(value, key)
         elif typing.get_origin(tp) is dict:
-            tp = args[1]
+            tp = strip_optional(typing.get_args(tp)[1])
             value = value.get(key, _NO_DEFAULT) if isinstance(value, dict) else _NO_DEFAULT
-            if value is _NO_DEFAULT and dataclasses.is_dataclass(tp):
-                value = tp()  # e.g. a benchmark absent from the defaults: BenchmarkRun's defaults
         else:
             return _NO_DEFAULT
+        if dataclasses.is_dataclass(tp) and not dataclasses.is_dataclass(value):
+            value = tp()  # e.g. a benchmark absent from the defaults: BenchmarkRun's defaults
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
@@ -368,10 +384,17 @@ def _check_cross_references(cfg: RunConfig, source: str) -> None:
     if cfg.prepare.prompt not in cfg.prompts:
         _fail(source, "prepare.prompt", f"{cfg.prepare.prompt!r} is not defined under prompts "
                                         f"(known: {', '.join(cfg.prompts)})")
+    if not cfg.evaluate.benchmarks:
+        _fail(source, "evaluate.benchmarks", "every benchmark is off (null) (fix: give at least one, "
+                                             "e.g. gsm8k: {limit: null, prompt: final_answer})")
     for name, run in cfg.evaluate.benchmarks.items():
         if run.prompt not in cfg.prompts:
             _fail(source, f"evaluate.benchmarks.{name}.prompt",
                   f"{run.prompt!r} is not defined under prompts (known: {', '.join(cfg.prompts)})")
+        if run.samples is not None and run.samples > 1 and cfg.evaluate.temperature == 0:
+            _fail(source, f"evaluate.benchmarks.{name}.samples", f"{run.samples} samples need evaluate.temperature "
+                                                                 "> 0 (greedy samples are identical) (fix: set a "
+                                                                 "temperature, or samples: null)")
     if cfg.evaluate.samples > 1 and cfg.evaluate.temperature == 0:
         _fail(source, "evaluate.samples", "samples > 1 needs evaluate.temperature > 0 (greedy samples are identical)")
     if cfg.train.method == "grpo":

@@ -1,14 +1,17 @@
 """Score models on the prepared test problems: generate, grade, and compare adapter vs base.
 
 For each benchmark: accuracy with a Wilson 95% interval, the share of answers in the expected
-format, mean@k / pass@k when sampling k > 1, and for adapter vs base on the same problems the
-difference with its 95% interval and an exact McNemar p-value.
+format, the share of outputs cut at evaluate.max_new_tokens and the mean output length, mean@k /
+pass@k when the benchmark samples k > 1 (evaluate.benchmarks.<name>.samples, else
+evaluate.samples), and for adapter vs base on the same problems the difference with its 95%
+interval and an exact McNemar p-value.
 """
 
 from __future__ import annotations
 
 import gc
 from collections import defaultdict
+from collections.abc import Mapping
 
 import torch
 
@@ -26,30 +29,40 @@ def generation_settings(cfg: RunConfig, sample_index: int) -> GenerationSettings
 
 
 def predict(model, tokenizer, cfg: RunConfig, rows: list[dict], label: str) -> list[dict]:
-    """One prediction record per (problem, sample): raw output, extracted answer, verdict."""
+    """One prediction record per (problem, sample): id, sample index, raw output, its length in
+    tokens, whether it was cut at max_new_tokens, the extracted answer and the verdict."""
     records = []
-    prompts = [r["prompt"] for r in rows]
-    for sample in range(cfg.evaluate.samples):
-        outputs = generate_completions(model, tokenizer, prompts, generation_settings(cfg, sample),
-                                       batch_size=cfg.evaluate.batch_size)
-        for row, output in zip(rows, outputs):
-            grade = grading.grade_answer(output, row["gold"], row["answer_format"],
+    samples = {name: cfg.evaluate.samples_of(name) for name in {r["benchmark"] for r in rows}}
+    for sample in range(max(samples.values(), default=0)):
+        # sample s runs every problem whose benchmark takes more than s samples, all in one call,
+        # so each sample index keeps one seed (cfg.seed + s) across benchmarks
+        todo = [r for r in rows if samples[r["benchmark"]] > sample]
+        outputs = generate_completions(model, tokenizer, [r["prompt"] for r in todo],
+                                       generation_settings(cfg, sample), batch_size=cfg.evaluate.batch_size)
+        for row, out in zip(todo, outputs):
+            grade = grading.grade_answer(out.text, row["gold"], row["answer_format"],
                                          numeric_tolerance=row.get("numeric_tolerance"))
             records.append({"model": label, "benchmark": row["benchmark"], "id": row["id"],
                             "sample": sample, "question": row["question"], "gold": row["gold"],
-                            "output": output, "extracted": grade.extracted, "correct": grade.correct,
+                            "output": out.text, "num_tokens": out.num_tokens, "truncated": out.truncated,
+                            "extracted": grade.extracted, "correct": grade.correct,
                             "formatted": grade.formatted})
     return records
 
 
 def summarise(records: list[dict], samples: int) -> dict:
-    """Accuracy (sample 0, i.e. Pass@1 for greedy), Wilson interval, format share, mean@k, pass@k."""
+    """Accuracy (sample 0, i.e. Pass@1 for greedy), Wilson interval, format share, the share of
+    outputs cut at the token cap and the mean output length (both over every sample), and with
+    samples k > 1 mean@k and pass@k."""
     first = [r for r in records if r["sample"] == 0]
     n, correct = len(first), sum(r["correct"] for r in first)
     lo, hi = stats.wilson_interval(correct, n)
     summary = {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
                "accuracy_ci95_low": lo, "accuracy_ci95_high": hi,
-               "format_rate": sum(r["formatted"] for r in first) / n if n else 0.0}
+               "format_rate": sum(r["formatted"] for r in first) / n if n else 0.0,
+               # an answer cut at the cap is usually wrong for lack of room, not of skill: report it
+               "truncated_rate": sum(r["truncated"] for r in records) / len(records) if records else 0.0,
+               "mean_output_tokens": sum(r["num_tokens"] for r in records) / len(records) if records else 0.0}
     if samples > 1:
         per_problem = defaultdict(list)
         for r in records:
@@ -68,14 +81,17 @@ def compare(base: list[dict], adapter: list[dict]) -> dict:
     return stats.paired_difference([by_id[i] for i in ids], [adapter_by_id[i] for i in ids])
 
 
-def build_metrics(records_by_model: dict[str, list[dict]], samples: int) -> dict:
-    """metrics.json: {benchmark: {adapter: {...}, base: {...}, adapter_vs_base: {...}}}."""
+def build_metrics(records_by_model: dict[str, list[dict]], samples: int | Mapping[str, int]) -> dict:
+    """metrics.json: {benchmark: {adapter: {...}, base: {...}, adapter_vs_base: {...}}}.
+
+    samples: k per benchmark (`{name: cfg.evaluate.samples_of(name)}`), or one k for all."""
     metrics: dict = {}
     benchmarks = sorted({r["benchmark"] for recs in records_by_model.values() for r in recs})
     for bench in benchmarks:
+        k = samples if isinstance(samples, int) else samples[bench]
         entry = {}
         for label, recs in records_by_model.items():
-            entry[label] = summarise([r for r in recs if r["benchmark"] == bench], samples)
+            entry[label] = summarise([r for r in recs if r["benchmark"] == bench], k)
         if "base" in records_by_model and "adapter" in records_by_model:
             entry["adapter_vs_base"] = compare([r for r in records_by_model["base"] if r["benchmark"] == bench],
                                                [r for r in records_by_model["adapter"] if r["benchmark"] == bench])

@@ -261,7 +261,7 @@ class EngineRollout:
 
     TRL hands over the per-process prompts, each already repeated num_generations times; one
     completion per entry comes back. The engine (static KV cache, CUDA graphs, continuous batching)
-    is built once and reused. With `merge_for_rollout` it runs on a `MergedShadow` (plain weights,
+    is built once and reused; the k completions of a prompt share its prefill. With `merge_for_rollout` it runs on a `MergedShadow` (plain weights,
     refreshed from the adapter before every rollout: no LoRA matmuls per token); else it runs the
     unmerged PEFT model and reads the LoRA weights in place. Either way every optimizer step is seen.
     """
@@ -288,9 +288,10 @@ class EngineRollout:
             else:
                 self.shadow.refresh()
         need = max(len(p) for p in prompt_ids) + self.g.max_completion_length
-        if self.engine is None or self.engine.slots < len(prompt_ids) or self.engine.max_seq_len < need:
-            self.engine = GenerationEngine(self.shadow.model if self.shadow else model, max_batch_size=len(prompt_ids),
-                                           max_seq_len=max(need, self.max_prompt_length + self.g.max_completion_length))
+        if self.engine is None or self.engine.max_num_seqs < len(prompt_ids) or self.engine.max_model_len < need:
+            # sized to the rollout (KV blocks for every completion at full length), so training keeps the rest
+            self.engine = GenerationEngine(self.shadow.model if self.shadow else model, max_num_seqs=len(prompt_ids),
+                                           max_model_len=max(need, self.max_prompt_length + self.g.max_completion_length))
             self.eos_ids = eos_token_ids_of(model, tokenizer)
         self.calls += 1
         completion_ids = self.engine.generate(prompt_ids, self.g.max_completion_length, temperature=self.g.temperature,
@@ -386,11 +387,23 @@ def train_grpo(cfg: RunConfig, train_file: Path, val_file: Path | None, checkpoi
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
-def recipe_names(directory: Path = RECIPES_DIR) -> list[str]:
-    """Presets (files that have `extends:`, i.e. everything but the shared base)."""
+def _extends(directory: Path) -> dict[str, str | None]:
+    """Every recipe file's name -> the recipe it `extends:` (None for a root)."""
     import yaml
 
-    return sorted(p.stem for p in Path(directory).glob("*.yaml") if "extends" in (yaml.safe_load(p.read_text()) or {}))
+    return {p.stem: (yaml.safe_load(p.read_text()) or {}).get("extends") for p in Path(directory).glob("*.yaml")}
+
+
+def recipe_names(directory: Path = RECIPES_DIR) -> list[str]:
+    """Presets: the recipes no other recipe extends (the leaves: open-rs1, still-3, ...)."""
+    chain = _extends(directory)
+    return sorted(set(chain) - set(chain.values()))
+
+
+def overlay_names(directory: Path = RECIPES_DIR) -> list[str]:
+    """Shared overlays the presets extend (tina-base, eval-tina); each can also be applied on its own."""
+    chain = _extends(directory)
+    return sorted(set(chain) & set(chain.values()))
 
 
 def load_recipe(name: str, directory: Path = RECIPES_DIR) -> dict:
@@ -401,7 +414,8 @@ def load_recipe(name: str, directory: Path = RECIPES_DIR) -> dict:
 
     path = Path(directory) / f"{name}.yaml"
     if not path.is_file():
-        raise TinyReasonError(f"recipe {name!r}: no {path} (known: {', '.join(recipe_names(directory))})")
+        known = recipe_names(directory) + overlay_names(directory)
+        raise TinyReasonError(f"recipe {name!r}: no {path} (known: {', '.join(known)})")
     raw = yaml.safe_load(path.read_text()) or {}
     params = raw.get("params") or {}
     if raw.get("extends"):
@@ -452,8 +466,20 @@ def recipe_command(name: str, params_path: Path | str = "params.yaml", directory
     config_from_dict(_deep_merge(base or {}, recipe["params"]), source=f"recipes/{name}.yaml over {params_path}")
     cmd = ["dvc", "exp", "run", "-n", f"tina-{name}"]
     for key, value in flatten_params(recipe["params"]):
-        cmd += ["-S", f"{key}={_hydra_value(value)}"]
+        # Hydra (under `dvc exp run -S`) refuses to set a key the params file lacks unless it is
+        # marked `+` (append), e.g. evaluate.benchmarks.aime24.samples
+        plus = "" if _has_key(base or {}, key) else "+"
+        cmd += ["-S", f"{plus}{key}={_hydra_value(value)}"]
     return cmd + list(extra or [])
+
+
+def _has_key(params: dict, dotted: str) -> bool:
+    node = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _run_recipe(args) -> int:
@@ -462,6 +488,9 @@ def _run_recipe(args) -> int:
 
     if args.list or not args.name:
         for name in recipe_names():
+            print(f"{name:18s} {load_recipe(name)['description']}")
+        print("\nshared overlays (every preset above extends them; usable alone too):")
+        for name in overlay_names():
             print(f"{name:18s} {load_recipe(name)['description']}")
         return 0
     cmd = recipe_command(args.name, args.params, extra=args.dvc_args)
@@ -476,9 +505,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("recipe", help="run a Tina GRPO preset (recipes/*.yaml) as a DVC experiment",
                               description="Turn recipes/NAME.yaml into `dvc exp run -n tina-NAME -S key=value ...` "
                                           "(validated against params.yaml first) and run it.")
-    p.add_argument("name", nargs="?", help="preset name (see --list)")
+    p.add_argument("name", nargs="?", help="preset or shared overlay name, e.g. eval-tina (see --list)")
     p.add_argument("--dry-run", action="store_true", help="print the dvc command, do not run it")
-    p.add_argument("--list", action="store_true", help="list the presets")
+    p.add_argument("--list", action="store_true", help="list the presets and the shared overlays they extend")
     p.add_argument("--params", default="params.yaml", help="params file the overlay is validated over")
     p.add_argument("dvc_args", nargs="*", help="extra arguments for dvc exp run (after --)")
     p.set_defaults(func=_run_recipe)
