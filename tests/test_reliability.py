@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_workdir, run_stage, tiny_run_overrides, write_params
+from conftest import REPO, make_workdir, run_stage, shipped_params, tiny_run_overrides, write_params
 
 SECRET = "hf_fake_secret_123"
 ENV = {"HF_TOKEN": SECRET}
@@ -326,22 +326,16 @@ def test_finished_run_checkpoints_are_dropped_unfinished_kept(tmp_path):
     from tinyreason import sft
     from tinyreason.config import config_from_dict
 
-    from conftest import shipped_params
+    def cfg(max_steps: int):
+        raw = shipped_params()
+        raw["train"]["max_steps"] = max_steps
+        return config_from_dict(raw)
 
-    raw = shipped_params()
-    raw["train"].update(max_steps=4)
-    cfg = config_from_dict(raw)
     root = tmp_path / "ckpt"
     for step in (2, 4):
         (root / f"checkpoint-{step}").mkdir(parents=True)
         (root / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    sft.drop_finished_run(root, dataclasses_replace_steps(cfg, 6))  # a longer run resumes from step 4
+    sft.drop_finished_run(root, cfg(6))  # not finished: a rerun resumes from step 4
     assert sft.last_checkpoint(root) == str(root / "checkpoint-4")
-    sft.drop_finished_run(root, cfg)  # finished at its max_steps: start over
+    sft.drop_finished_run(root, cfg(4))  # finished at its max_steps: a rerun starts over
     assert not root.exists() and sft.last_checkpoint(root) is None
-
-
-def dataclasses_replace_steps(cfg, steps: int):
-    import dataclasses
-
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
