@@ -104,7 +104,8 @@ def test_training_on_a_test_benchmark_problem_fails_loudly(tmp_path):
     with pytest.raises(DataError) as exc:
         load_problems(grpo_cfg(grpo={"train_path": str(path)}), tmp_path / "unused.jsonl")
     message = str(exc.value)
-    assert "1 training problem(s) are test-benchmark problems" in message and "math500" in message
+    assert "1 training question(s) also appear in the test benchmarks" in message and "(math500)" in message
+    assert "drop_test_overlap=true" in message
     assert "\n" not in message
     kept = load_problems(grpo_cfg(grpo={"train_path": str(path), "drop_test_overlap": True}), tmp_path / "x")
     assert [r["answer"] for r in kept] == ["2"]

@@ -21,7 +21,10 @@ from typing import Any
 
 import yaml
 
+from tinyreason import benchmarks
 from tinyreason.errors import ConfigError
+from tinyreason.grading import ANSWER_FORMATS
+from tinyreason.rewards import REWARD_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ class PromptConfig:
     think_prefix: str = "<think>\n"
     answer_template: str = "**Final Answer:** {answer}"
     # How answers in this format are graded: final_answer (seed normalisation), boxed (math-verify).
-    answer_format: str = field(default="final_answer", metadata=_range(choices=("final_answer", "boxed", "choice")))
+    answer_format: str = field(default="final_answer", metadata=_range(choices=ANSWER_FORMATS))
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,8 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: list(LORA_PROJECTIONS))
 
 
-# Reward functions GRPO can use (tinyreason/rewards.py implements each; a test keeps them in sync).
-GRPO_REWARDS = ("format", "accuracy", "cosine", "length")
+# Reward functions GRPO can use: the names tinyreason/rewards.py defines.
+GRPO_REWARDS = REWARD_NAMES
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,14 @@ class TrainConfig:
 class BenchmarkRun:
     limit: int | None = field(default=None, metadata=_range(1))  # None: the whole benchmark
     prompt: str = "final_answer"  # a key of `prompts`
-    path: str | None = None  # None: the vendored copy; else a local JSONL or a hub dataset id
+    # None: the vendored copy; else a local JSONL or a hub dataset id. A name that is not a registered
+    # benchmark (a user's own test set) needs one; its results are labelled with that name.
+    path: str | None = None
+    # How answers are graded (None: the prompt's answer_format; GPQA: choice).
+    answer_format: str | None = field(default=None, metadata=_range(choices=ANSWER_FORMATS))
+    # The row fields holding the question and the answer in a user's own file (None: question, answer).
+    question_key: str | None = None
+    answer_key: str | None = None
     # Samples per problem for this benchmark (None: evaluate.samples). Small sets (AIME, AMC) need k
     # samples for a stable mean@k while large ones (MATH500) are run once.
     samples: int | None = field(default=None, metadata=_range(1))
@@ -199,6 +209,15 @@ class EvaluateConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "benchmarks", {k: v for k, v in self.benchmarks.items() if v is not None})
+
+    def spec_of(self, benchmark: str, prompt_format: str) -> "benchmarks.BenchmarkSpec":
+        """How `benchmark` is read and graded: the registry's spec, or a user's own set under its name.
+        prompt_format: the answer_format of the benchmark's prompt (the default for a user's set)."""
+        run = self.benchmarks[benchmark]
+        if benchmark in benchmarks.BENCHMARKS and run.path is None:
+            return benchmarks.BENCHMARKS[benchmark]
+        return benchmarks.user_spec(benchmark, run.path, run.answer_format or prompt_format, run.question_key,
+                                    run.answer_key)
 
     def samples_of(self, benchmark: str) -> int:
         """Samples per problem for `benchmark`: its own `samples`, else evaluate.samples."""
@@ -388,6 +407,13 @@ def _check_cross_references(cfg: RunConfig, source: str) -> None:
         _fail(source, "evaluate.benchmarks", "every benchmark is off (null) (fix: give at least one, "
                                              "e.g. gsm8k: {limit: null, prompt: final_answer})")
     for name, run in cfg.evaluate.benchmarks.items():
+        if name not in benchmarks.BENCHMARKS and run.path is None:
+            _fail(source, f"evaluate.benchmarks.{name}", benchmarks.unknown_benchmark_message(name))
+        for key in ("question_key", "answer_key"):
+            if getattr(run, key) is not None and run.path is None:
+                _fail(source, f"evaluate.benchmarks.{name}.{key}", "only applies to a benchmark read from your "
+                                                                   f"own file (fix: set evaluate.benchmarks.{name}"
+                                                                   f".path, or remove {key})")
         if run.prompt not in cfg.prompts:
             _fail(source, f"evaluate.benchmarks.{name}.prompt",
                   f"{run.prompt!r} is not defined under prompts (known: {', '.join(cfg.prompts)})")

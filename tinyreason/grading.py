@@ -58,7 +58,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FINAL_ANSWER_MARKER = "**Final Answer:**"
-ANSWER_FORMATS = ("final_answer", "boxed", "choice")
+# The answer formats, defined here once (config, benchmarks, prompts and rewards import them): how a
+# completion states its answer, and so how it is extracted and compared.
+FINAL_ANSWER, BOXED, CHOICE = "final_answer", "boxed", "choice"
+ANSWER_FORMATS = (FINAL_ANSWER, BOXED, CHOICE)
 # Per math-verify call (parse of gold, parse of prediction, verify). math-verify's own default is 5 s; every
 # MATH500/Minerva reference answer grades in well under 0.5 s, so 5 s only ever trips on pathological input.
 TIMEOUT_SECONDS = 5

@@ -9,7 +9,6 @@ saves the adapter. Checkpoints are never chosen on test data: the run's last ste
 Public API:
     train_grpo(cfg, train_file, val_file, checkpoint_dir, live=None, reward_funcs=None) -> sft.TrainResult
     load_problems(cfg, prepared_train) -> list[dict]        question/answer rows, leak-checked
-    check_no_test_overlap(rows, source, drop=False) -> rows
     build_dataset(cfg, tokenizer, rows) -> datasets.Dataset  prompt/answer/answer_format columns
     build_grpo_config(cfg, output_dir) -> trl.GRPOConfig
     EngineRollout                                           TRL rollout_func on tinyreason.generation
@@ -34,7 +33,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from tinyreason import modeling, sft
+from tinyreason import benchmarks, modeling, sft
 from tinyreason.config import RunConfig
 from tinyreason.sft import TrainResult
 from tinyreason.errors import DataError, TinyReasonError
@@ -51,7 +50,6 @@ _QUESTION_FIELDS = ("problem", "question", "prompt", "Question")
 def _row_to_problem(row) -> dict | None:
     """A GSM8K row (question, answer '... #### N') or a MATH-style row (problem, solution, answer)
     -> {"question", "answer"}; None when malformed. The answer column wins over the solution's box."""
-    from tinyreason.data import split_gsm8k_answer
     from tinyreason.grading import extract_boxed_answer
 
     if not isinstance(row, dict):
@@ -63,7 +61,7 @@ def _row_to_problem(row) -> dict | None:
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
     if isinstance(answer, str) and "####" in answer:
-        parts = split_gsm8k_answer(answer)
+        parts = benchmarks.split_gsm8k_answer(answer)
         answer = parts[1] if parts else None
     if not (isinstance(answer, str) and answer.strip()):
         solution = row.get("solution")
@@ -71,40 +69,6 @@ def _row_to_problem(row) -> dict | None:
     if not answer:
         return None
     return {"question": question.strip(), "answer": answer.strip()}
-
-
-def benchmark_question_keys() -> dict[str, str]:
-    """Normalised question -> benchmark, over every benchmark available locally (vendored copies)."""
-    from tinyreason import benchmarks
-    from tinyreason.data import _question_key
-
-    keys: dict[str, str] = {}
-    for name in benchmarks.benchmark_names():
-        spec = benchmarks.get_spec(name)
-        if not spec.path or not (benchmarks.REPO_ROOT / spec.path).is_file():
-            continue  # hub-only (GPQA): not a math training source
-        for problem in benchmarks.load_benchmark(name):
-            keys.setdefault(_question_key(problem.question), name)
-    return keys
-
-
-def check_no_test_overlap(rows: list[dict], source: str, drop: bool = False,
-                          test_keys: dict[str, str] | None = None) -> list[dict]:
-    """Refuse (or, with drop=True, remove) training problems that are test-benchmark problems."""
-    from tinyreason.data import _question_key
-
-    test_keys = benchmark_question_keys() if test_keys is None else test_keys
-    leaked = [(r, test_keys[_question_key(r["question"])]) for r in rows if _question_key(r["question"]) in test_keys]
-    if not leaked:
-        return rows
-    if not drop:
-        row, bench = leaked[0]
-        raise DataError(f"{source}: {len(leaked)} training problem(s) are test-benchmark problems, e.g. "
-                        f"{row['question'][:60]!r} ({bench}) (fix: remove them from the training data, or set "
-                        "train.grpo.drop_test_overlap=true to drop them; test sets must not be trained on)")
-    log.warning("%s: dropped %d training problem(s) that appear in test benchmarks", source, len(leaked))
-    leaked_ids = {id(r) for r, _ in leaked}
-    return [r for r in rows if id(r) not in leaked_ids]
 
 
 def load_problems(cfg: RunConfig, prepared_train: Path) -> list[dict]:
@@ -127,7 +91,9 @@ def load_problems(cfg: RunConfig, prepared_train: Path) -> list[dict]:
     if not rows:
         raise DataError(f"{source}: no usable rows (fix: each row needs 'problem' or 'question' and an "
                         "'answer' (or a solution with \\boxed{{}}))")
-    rows = check_no_test_overlap(rows, source, drop=g.drop_test_overlap)
+    # The one leak check (benchmarks.py), against every vendored benchmark.
+    rows = benchmarks.check_no_test_overlap(rows, source, drop=g.drop_test_overlap,
+                                            drop_fix=", or set train.grpo.drop_test_overlap=true to drop them")
     if g.num_samples is not None and g.num_samples < len(rows):
         rows = random.Random(cfg.seed).sample(rows, g.num_samples)
     return rows
