@@ -35,7 +35,7 @@ def check_inputs(cfg: RunConfig) -> None:
     data.check_benchmark_names(cfg)
     for name, run in cfg.evaluate.benchmarks.items():
         try:
-            benchmarks.benchmark_source(name, run.path)
+            benchmarks.benchmark_source(name, run.path, cfg.evaluate.spec_of(name, cfg.prompt(run.prompt).answer_format))
         except DataError as exc:
             raise DataError(f"params.yaml: evaluate.benchmarks.{name}.path: {exc}") from None
     sft.check_device_support(cfg, Path("checkpoints"))
