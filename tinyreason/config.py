@@ -470,17 +470,22 @@ def config_from_dict(raw: dict, source: str = "params.yaml") -> RunConfig:
     return cfg
 
 
-def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> RunConfig:
-    """Validated config from a params file; `profile` overrides the file's `profile:` key."""
-    path = Path(path)
+def _read_yaml(path: Path):
+    """A YAML file's data; a missing file or a syntax error is a one-line ConfigError."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found (fix: run from the repository root)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> RunConfig:
+    """Validated config from a params file; `profile` overrides the file's `profile:` key."""
+    path = Path(path)
+    raw = _read_yaml(path)
     if profile is not None and isinstance(raw, dict):
         raw["profile"] = profile
     return config_from_dict(raw, str(path) if profile is None else f"{path} (--profile {profile})")
@@ -489,3 +494,37 @@ def load_config(path: str | Path = "params.yaml", profile: str | None = None) ->
 def config_to_dict(cfg) -> dict:
     """The resolved config as plain data (saved next to the adapter as the exact params used)."""
     return dataclasses.asdict(cfg)
+
+
+def load_params_mapping(path: str | Path) -> dict:
+    """A params file as plain data, unvalidated ({} when it does not exist): the base a recipe overlay is
+    merged over before `config_from_dict` validates the result."""
+    path = Path(path)
+    return (_read_yaml(path) or {}) if path.is_file() else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipe overlays (recipes/*.yaml): read here, like params.yaml; tinyreason.grpo turns them into commands
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def recipe_extends(directory: str | Path = RECIPES_DIR) -> dict[str, str | None]:
+    """Every recipe file's name -> the recipe it `extends:` (None for a root)."""
+    return {p.stem: (_read_yaml(p) or {}).get("extends") for p in sorted(Path(directory).glob("*.yaml"))}
+
+
+def load_recipe_overlay(name: str, directory: str | Path = RECIPES_DIR) -> dict:
+    """recipes/<name>.yaml as {name, description, source, params}, its `extends:` chain merged in (base
+    first). The params are an overlay, validated only once merged over a params file."""
+    path = Path(directory) / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"recipe {name!r}: no {path} (known: {', '.join(recipe_extends(directory))})")
+    raw = _read_yaml(path) or {}
+    if not isinstance(raw, dict) or not isinstance(raw.get("params") or {}, dict):
+        raise ConfigError(f"{path}: expected a mapping with a `params:` mapping (fix: see recipes/open-rs3.yaml)")
+    params = raw.get("params") or {}
+    if raw.get("extends"):
+        params = _deep_merge(load_recipe_overlay(raw["extends"], directory)["params"], params)
+    return {"name": name, "description": raw.get("description", ""), "source": raw.get("source", ""),
+            "params": params}

@@ -7,7 +7,7 @@ of tinyreason/rewards.py -> train (resuming from the last complete checkpoint) -
 saves the adapter. Checkpoints are never chosen on test data: the run's last step is the result.
 
 Public API:
-    train_grpo(cfg, train_file, val_file, checkpoint_dir, live=None, reward_funcs=None) -> sft.TrainResult
+    train_grpo(cfg, train_file, checkpoint_dir, live=None, reward_funcs=None) -> sft.TrainResult
     load_problems(cfg, prepared_train) -> list[dict]        question/answer rows, leak-checked
     build_dataset(cfg, tokenizer, rows) -> datasets.Dataset  prompt/answer/answer_format columns
     build_grpo_config(cfg, output_dir) -> trl.GRPOConfig
@@ -27,14 +27,13 @@ import json
 import logging
 import os
 import random
-import time
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
 from tinyreason import benchmarks, modeling, sft
-from tinyreason.config import RunConfig
+from tinyreason.config import RECIPES_DIR, RunConfig, load_recipe_overlay, recipe_extends
 from tinyreason.sft import TrainResult
 from tinyreason.errors import DataError, TinyReasonError
 
@@ -239,7 +238,6 @@ class EngineRollout:
         self.engine = None
         self.shadow = None
         self.calls = 0
-        self.seconds: list[float] = []  # wall time of each rollout call (benchmarks read it)
 
     def __call__(self, prompts: list, trainer) -> dict:
         from tinyreason.generation import GenerationEngine, eos_token_ids_of
@@ -247,7 +245,6 @@ class EngineRollout:
         tokenizer = trainer.processing_class
         prompt_ids = tokenizer(text=list(prompts))["input_ids"]
         model = trainer.accelerator.unwrap_model(trainer.model)
-        start = time.perf_counter()
         if getattr(self.g, "merge_for_rollout", False) and not _quantized(model):
             if self.shadow is None:
                 self.shadow = MergedShadow(model)
@@ -263,7 +260,6 @@ class EngineRollout:
         completion_ids = self.engine.generate(prompt_ids, self.g.max_completion_length, temperature=self.g.temperature,
                                               top_p=self.g.top_p, seed=self.seed + 7919 * self.calls,
                                               eos_token_ids=self.eos_ids)
-        self.seconds.append(time.perf_counter() - start)
         return {"prompt_ids": [list(p) for p in prompt_ids], "completion_ids": [list(c) for c in completion_ids],
                 "logprobs": None}
 
@@ -275,11 +271,11 @@ def use_engine(cfg: RunConfig) -> bool:
     return rollout == "engine"
 
 
-def train_grpo(cfg: RunConfig, train_file: Path, val_file: Path | None, checkpoint_dir: Path, live=None,
+def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None,
                reward_funcs: list | None = None) -> TrainResult:
     """Run GRPO; resumes from the last complete checkpoint in `checkpoint_dir` when there is one.
 
-    `val_file` is unused (GRPO keeps no eval loss; the last step is the result). `reward_funcs`
+    GRPO keeps no eval loss (the last step is the result), so it takes no validation file. `reward_funcs`
     replaces the params' reward functions (tests' toy tasks); weights then default to 1 each.
     """
     from trl import GRPOTrainer
@@ -350,44 +346,21 @@ def train_grpo(cfg: RunConfig, train_file: Path, val_file: Path | None, checkpoi
 # ---------------------------------------------------------------------------------------------
 # Recipe presets (recipes/*.yaml) -> one `dvc exp run -S key=value ...` command
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-
-
-def _extends(directory: Path) -> dict[str, str | None]:
-    """Every recipe file's name -> the recipe it `extends:` (None for a root)."""
-    import yaml
-
-    return {p.stem: (yaml.safe_load(p.read_text()) or {}).get("extends") for p in Path(directory).glob("*.yaml")}
-
-
 def recipe_names(directory: Path = RECIPES_DIR) -> list[str]:
     """Presets: the recipes no other recipe extends (the leaves: open-rs1, still-3, ...)."""
-    chain = _extends(directory)
+    chain = recipe_extends(directory)
     return sorted(set(chain) - set(chain.values()))
 
 
 def overlay_names(directory: Path = RECIPES_DIR) -> list[str]:
     """Shared overlays the presets extend (tina-base, eval-tina); each can also be applied on its own."""
-    chain = _extends(directory)
+    chain = recipe_extends(directory)
     return sorted(set(chain) & set(chain.values()))
 
 
 def load_recipe(name: str, directory: Path = RECIPES_DIR) -> dict:
-    """The preset's params overlay, with its `extends:` chain merged in (base first)."""
-    import yaml
-
-    from tinyreason.config import _deep_merge
-
-    path = Path(directory) / f"{name}.yaml"
-    if not path.is_file():
-        known = recipe_names(directory) + overlay_names(directory)
-        raise TinyReasonError(f"recipe {name!r}: no {path} (known: {', '.join(known)})")
-    raw = yaml.safe_load(path.read_text()) or {}
-    params = raw.get("params") or {}
-    if raw.get("extends"):
-        params = _deep_merge(load_recipe(raw["extends"], directory)["params"], params)
-    return {"name": name, "description": raw.get("description", ""), "source": raw.get("source", ""),
-            "params": params}
+    """The preset's params overlay, with its `extends:` chain merged in (base first); config.py reads it."""
+    return load_recipe_overlay(name, directory)
 
 
 def flatten_params(params: dict, prefix: str = "") -> list[tuple[str, object]]:
@@ -423,12 +396,10 @@ def _hydra_value(value) -> str:
 def recipe_command(name: str, params_path: Path | str = "params.yaml", directory: Path = RECIPES_DIR,
                    extra: list[str] | None = None) -> list[str]:
     """Validate the preset against config.py (merged over params_path) and build its dvc command."""
-    import yaml
-
-    from tinyreason.config import _deep_merge, config_from_dict
+    from tinyreason.config import _deep_merge, config_from_dict, load_params_mapping
 
     recipe = load_recipe(name, directory)
-    base = yaml.safe_load(Path(params_path).read_text()) if Path(params_path).is_file() else {}
+    base = load_params_mapping(params_path)
     config_from_dict(_deep_merge(base or {}, recipe["params"]), source=f"recipes/{name}.yaml over {params_path}")
     cmd = ["dvc", "exp", "run", "-n", f"tina-{name}"]
     for key, value in flatten_params(recipe["params"]):
