@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 from tinyreason.errors import DataError, TinyReasonError
-from tinyreason.grading import ANSWER_FORMATS
+from tinyreason.formats import ANSWER_FORMATS, CHOICE, FINAL_ANSWER  # noqa: F401 - ANSWER_FORMATS re-exported
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _row_to_problem(row: dict, index: int, spec: BenchmarkSpec, where: str, seed
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     if spec.question_key is not None:
         return _user_row_to_problem(row, index, spec, where)
-    if spec.answer_format == "choice":
+    if spec.answer_format == CHOICE:
         return _gpqa_row_to_problem(row, index, spec, where, seed)
 
     q_field, question = _first_field(row, _QUESTION_FIELDS)
@@ -238,7 +238,7 @@ def _row_to_problem(row: dict, index: int, spec: BenchmarkSpec, where: str, seed
         answer = str(int(float(answer)))
 
     solution = row.get("solution") or ""
-    if spec.answer_format == "final_answer":
+    if spec.answer_format == FINAL_ANSWER:
         parts = split_gsm8k_answer(answer)
         if parts is None:
             raise DataError(f"{where}: 'answer' has no reasoning and '#### <number>' line (fix: GSM8K "
@@ -270,13 +270,13 @@ def _user_row_to_problem(row: dict, index: int, spec: BenchmarkSpec, where: str)
             raise DataError(f"{where}: {spec.answer_key!r} has '####' but no reasoning before it or no answer "
                             "after it (fix: write the bare answer, or steps ending with '#### <answer>')")
         solution, answer = parts
-    if spec.answer_format == "choice" and answer.upper() not in GPQA_LETTERS:
+    if spec.answer_format == CHOICE and answer.upper() not in GPQA_LETTERS:
         raise DataError(f"{where}: answer {answer!r} is not a letter {'-'.join(GPQA_LETTERS[::3])} (fix: a choice "
                         "benchmark's answer is the letter of the right option, the options written in the question)")
     _, row_id = _first_field(row, _ID_FIELDS)
     return Problem(id=str(row_id) if row_id is not None else f"{spec.name}-{index}",
                    question=str(row[spec.question_key]).strip(),
-                   gold=answer.upper() if spec.answer_format == "choice" else answer,
+                   gold=answer.upper() if spec.answer_format == CHOICE else answer,
                    answer_format=spec.answer_format, benchmark=spec.name, solution=solution)
 
 
@@ -312,7 +312,7 @@ def _gpqa_row_to_problem(row: dict, index: int, spec: BenchmarkSpec, where: str,
     _, row_id = _first_field(row, _ID_FIELDS)
     problem_id = str(row_id) if row_id is not None else f"{spec.name}-{index}"
     return Problem(id=problem_id, question=render_choice_question(question, options), gold=gold,
-                   answer_format="choice", benchmark=spec.name,
+                   answer_format=CHOICE, benchmark=spec.name,
                    solution=str(row.get("Explanation") or "").strip())
 
 
@@ -341,7 +341,7 @@ def _iter_jsonl(file: Path, limit: int | None):
 
 
 def _hub_help(spec: BenchmarkSpec, hub_id: str) -> str:
-    if spec.answer_format == "choice":
+    if spec.answer_format == CHOICE:
         return (f"GPQA is gated and not vendored (its authors ask that it not be shared in plain text): accept the "
                 f"terms at https://huggingface.co/datasets/{hub_id}, run `huggingface-cli login` (or set HF_TOKEN), "
                 f"and run online")

@@ -23,8 +23,7 @@ import yaml
 
 from tinyreason import benchmarks
 from tinyreason.errors import ConfigError
-from tinyreason.grading import ANSWER_FORMATS
-from tinyreason.rewards import REWARD_NAMES
+from tinyreason.formats import ANSWER_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +83,9 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: list(LORA_PROJECTIONS))
 
 
-# Reward functions GRPO can use: the names tinyreason/rewards.py defines.
-GRPO_REWARDS = REWARD_NAMES
+# Reward functions GRPO can use (train.grpo.reward_funcs), defined here once: rewards.py builds one for
+# each name and imports this tuple.
+GRPO_REWARDS = ("format", "accuracy", "cosine", "length")
 
 
 @dataclass(frozen=True)

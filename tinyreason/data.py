@@ -16,6 +16,7 @@ from pathlib import Path
 from tinyreason import benchmarks
 from tinyreason.benchmarks import split_gsm8k_answer
 from tinyreason.errors import ConfigError, DataError
+from tinyreason.formats import CHOICE
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def build_prepared_splits(cfg, tokenizer) -> tuple[dict[str, list[dict]], dict]:
             test_rows.append({
                 "benchmark": name, "id": problem.id, "question": problem.question, "gold": problem.gold,
                 "prompt": prompts.render_generation_prompt(tokenizer, prompt, problem.question),
-                "answer_format": problem.answer_format if user_format or problem.answer_format == "choice"
+                "answer_format": problem.answer_format if user_format or problem.answer_format == CHOICE
                 else run.answer_format or prompt.answer_format,
                 "numeric_tolerance": spec.numeric_tolerance,
             })

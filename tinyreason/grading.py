@@ -51,6 +51,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from tinyreason.errors import TinyReasonError
+from tinyreason.formats import ANSWER_FORMATS, BOXED, CHOICE, FINAL_ANSWER  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from tinyreason.benchmarks import Problem
@@ -58,10 +59,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FINAL_ANSWER_MARKER = "**Final Answer:**"
-# The answer formats, defined here once (config, benchmarks, prompts and rewards import them): how a
-# completion states its answer, and so how it is extracted and compared.
-FINAL_ANSWER, BOXED, CHOICE = "final_answer", "boxed", "choice"
-ANSWER_FORMATS = (FINAL_ANSWER, BOXED, CHOICE)
 # Per math-verify call (parse of gold, parse of prediction, verify). math-verify's own default is 5 s; every
 # MATH500/Minerva reference answer grades in well under 0.5 s, so 5 s only ever trips on pathological input.
 TIMEOUT_SECONDS = 5
@@ -523,9 +520,9 @@ def _answers_match(pred: str, gold: str, answer_format: str, numeric_tolerance: 
     if answer_format not in ANSWER_FORMATS:
         raise TinyReasonError(f"unknown answer_format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
     try:
-        if answer_format == "final_answer":
+        if answer_format == FINAL_ANSWER:
             return _final_answer_equal(pred, gold, numeric_tolerance, string_shortcut)
-        if answer_format == "boxed":
+        if answer_format == BOXED:
             return _latex_equal(pred, gold, numeric_tolerance, string_shortcut=string_shortcut)
         letter = extract_choice(pred)
         return letter is not None and letter == gold.strip().upper()
@@ -537,7 +534,7 @@ def _answers_match(pred: str, gold: str, answer_format: str, numeric_tolerance: 
 def _extract_in_order(completion: str, answer_format: str) -> tuple[str | None, bool]:
     """The answer in `answer_format`'s own form (`**Final Answer:**` or `\\boxed{}`), else in the
     other form; the flag says whether the own form was found."""
-    if answer_format == "final_answer":
+    if answer_format == FINAL_ANSWER:
         primary, fallback = extract_final_answer, extract_boxed_answer
     else:
         primary, fallback = extract_boxed_answer, extract_final_answer
@@ -572,8 +569,8 @@ def _grade(completion: str, gold: str, answer_format: str, numeric_tolerance: fl
         return Grade(None, False, False)
     extracted, formatted = _extract_in_order(completion, answer_format)
     if extracted is not None and not formatted:
-        formatted = answer_format == "choice"
-    if answer_format == "choice":
+        formatted = answer_format == CHOICE
+    if answer_format == CHOICE:
         letter = extract_choice(extracted) if extracted is not None else None
         if letter is None:
             match = list(_CHOICE_FALLBACK_RE.finditer(completion))
@@ -597,9 +594,9 @@ def render_reference_completion(problem: Problem) -> str:
     reference solution when it contains a \\boxed{} answer, else the solution (if any) followed by
     `The answer is \\boxed{<gold>}.` Choice: the explanation (if any) then `**Final Answer:** <letter>`."""
     solution = problem.solution.strip()
-    if problem.answer_format == "final_answer":
+    if problem.answer_format == FINAL_ANSWER:
         return f"{solution}\n{FINAL_ANSWER_MARKER} {problem.gold}".lstrip()
-    if problem.answer_format == "choice":
+    if problem.answer_format == CHOICE:
         return f"{solution}\n\n{FINAL_ANSWER_MARKER} {problem.gold}".lstrip()
     if solution and extract_boxed_answer(solution) is not None and re.search(r"\\boxed\s*\{", solution):
         return solution

@@ -20,11 +20,11 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from tinyreason.grading import BOXED, THINK_CLOSE, grade_answer
+from tinyreason.config import GRPO_REWARDS as REWARD_NAMES
+from tinyreason.formats import BOXED
+from tinyreason.grading import THINK_CLOSE, grade_answer
 
 DEFAULT_ANSWER_FORMAT = BOXED
-# The reward names params.yaml may list (train.grpo.reward_funcs); `reward_function` builds each.
-REWARD_NAMES = ("format", "accuracy", "cosine", "length")
 
 
 def completion_text(completion) -> str:

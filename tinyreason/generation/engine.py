@@ -2,7 +2,7 @@
 
 Each step the scheduler picks a prefill (new or preempted requests, chunked) or `sync_every`
 decode steps for all running requests; the model runner executes it; the host then appends the
-new tokens, ends requests at EOS / a stop string / their budget, and frees their blocks.
+new tokens, ends requests at EOS or their budget, and frees their blocks.
 Requests with the same prompt (the k samples of an evaluation problem, a GRPO group) are
 prefilled once and forked: they share the prompt's full KV blocks.
 """
