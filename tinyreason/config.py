@@ -519,7 +519,8 @@ def load_recipe_overlay(name: str, directory: str | Path = RECIPES_DIR) -> dict:
     first). The params are an overlay, validated only once merged over a params file."""
     path = Path(directory) / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"recipe {name!r}: no {path} (known: {', '.join(recipe_extends(directory))})")
+        known = sorted(p.stem for p in Path(directory).glob("*.yaml"))
+        raise ConfigError(f"recipe {name!r}: no {path} (known: {', '.join(known)})")
     raw = _read_yaml(path) or {}
     if not isinstance(raw, dict) or not isinstance(raw.get("params") or {}, dict):
         raise ConfigError(f"{path}: expected a mapping with a `params:` mapping (fix: see recipes/open-rs3.yaml)")
