@@ -32,7 +32,6 @@ def check_inputs(cfg: RunConfig) -> None:
     data.local_data_file(cfg.prepare.train_path, data.PREPARE_PATH_FIX)
     if cfg.train.method == "grpo" and cfg.train.grpo.train_path is not None:
         data.local_data_file(cfg.train.grpo.train_path, data.GRPO_PATH_FIX)
-    data.check_benchmark_names(cfg)
     for name, run in cfg.evaluate.benchmarks.items():
         try:
             benchmarks.benchmark_source(name, run.path, cfg.evaluate.spec_of(name, cfg.prompt(run.prompt).answer_format))

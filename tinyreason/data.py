@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tinyreason import benchmarks
 from tinyreason.benchmarks import split_gsm8k_answer
-from tinyreason.errors import ConfigError, DataError
+from tinyreason.errors import DataError
 from tinyreason.formats import CHOICE
 
 log = logging.getLogger(__name__)
@@ -125,14 +125,6 @@ def subsample_and_split(examples: list, num_samples: int, val_fraction: float, s
     return chosen[n_val:], chosen[:n_val]
 
 
-def check_benchmark_names(cfg) -> None:
-    """Each evaluate.benchmarks name is registered or has a path (config validation does the same; checks.py
-    calls this for configs built elsewhere)."""
-    for name, run in cfg.evaluate.benchmarks.items():
-        if name not in benchmarks.BENCHMARKS and run.path is None:
-            raise ConfigError(f"params.yaml: evaluate.benchmarks.{name}: {benchmarks.unknown_benchmark_message(name)}")
-
-
 def build_prepared_splits(cfg, tokenizer) -> tuple[dict[str, list[dict]], dict]:
     """train/val (SFT prompt-completion rows) and test (rendered evaluation prompts), plus a report.
 
@@ -141,7 +133,6 @@ def build_prepared_splits(cfg, tokenizer) -> tuple[dict[str, list[dict]], dict]:
     """
     from tinyreason import prompts
 
-    check_benchmark_names(cfg)  # before any work: a typo here is a params problem
     examples, dropped = load_gsm8k(cfg.prepare.train_path, cfg.prepare.hub_config, cfg.prepare.hub_split)
     try:
         train, val = subsample_and_split(examples, cfg.prepare.num_samples, cfg.prepare.val_fraction, cfg.seed)
