@@ -166,7 +166,7 @@ def worker(work: Path, name: str, rollout: str, steps: int, tiny: bool) -> dict:
     ckpt = work / f"ckpt-{name}"
     shutil.rmtree(ckpt, ignore_errors=True)  # never resume an earlier run's checkpoint (0 steps timed)
     t0 = time.perf_counter()
-    result = grpo.train_grpo(cfg, work / "train.jsonl", None, ckpt)
+    result = grpo.train_grpo(cfg, work / "train.jsonl", ckpt)
     total = time.perf_counter() - t0
     logs = [e for e in result.trainer.state.log_history if "completions/mean_length" in e]
     mean_len = statistics.mean(e["completions/mean_length"] for e in logs)

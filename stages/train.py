@@ -50,7 +50,7 @@ def main() -> None:
             if cfg.train.method == "grpo":  # RL with TRL's GRPOTrainer + LoRA (tinyreason/grpo.py)
                 from tinyreason import grpo
 
-                result = grpo.train_grpo(cfg, TRAIN, VAL, checkpoints, live=live)
+                result = grpo.train_grpo(cfg, TRAIN, checkpoints, live=live)
             else:
                 result = sft.train_sft(cfg, TRAIN, VAL, checkpoints, live=live, plan=plan)
         # Every process calls save_model (DeepSpeed/FSDP gather weights collectively); Trainer writes on rank 0.

@@ -7,17 +7,17 @@ import json
 import pytest
 
 from conftest import REPO
-from tinyreason import data, prompts
+from tinyreason import benchmarks, data, prompts
 from tinyreason.config import PromptConfig
 from tinyreason.errors import DataError
 
 
 def test_split_on_hashes_strips_calculator_annotations_and_commas():
-    reasoning, answer = data.split_gsm8k_answer("She sold 48/2 = <<48/2=24>>24 clips.\n#### 1,072")
+    reasoning, answer = benchmarks.split_gsm8k_answer("She sold 48/2 = <<48/2=24>>24 clips.\n#### 1,072")
     assert reasoning == "She sold 48/2 = 24 clips."
     assert answer == "1072"
-    assert data.split_gsm8k_answer("no marker here") is None
-    assert data.split_gsm8k_answer("#### 5") is None  # no reasoning
+    assert benchmarks.split_gsm8k_answer("no marker here") is None
+    assert benchmarks.split_gsm8k_answer("#### 5") is None  # no reasoning
 
 
 def test_malformed_rows_are_dropped_and_counted(tmp_path):

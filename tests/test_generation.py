@@ -20,8 +20,6 @@ from tinyreason.generation import (
     GenerationSettings,
     generate_completions,
     generate_token_ids,
-    make_stop_fn,
-    merge_lora_for_eval,
 )
 
 VOCAB = 320
@@ -208,7 +206,7 @@ def test_lora_unmerged_matches_merged():
             torch.nn.init.normal_(p, std=0.5)  # make the adapter change the outputs
     prompts = random_prompts(5, 2, 12, seed=5)
     unmerged = GenerationEngine(pm, max_num_seqs=4, max_model_len=48, block_size=4).generate(prompts, 10)
-    merged_model = merge_lora_for_eval(pm, dtype=None)
+    merged_model = pm.merge_and_unload().eval()
     assert not hasattr(merged_model, "peft_config")
     ref = hf_greedy(merged_model, prompts, max_new=10)
     assert unmerged == ref
@@ -230,7 +228,7 @@ def _tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
 
 
-def test_stop_strings_and_completions_api():
+def test_completions_api_engine_matches_hf():
     tokenizer = _tiny_tokenizer()
     model = tiny_qwen2(vocab=len(tokenizer))
     prompts = ["Question: what is 3 + 4?", "The answer", "Janet sells 16 eggs. #### "]
@@ -238,25 +236,10 @@ def test_stop_strings_and_completions_api():
     hf = generate_completions(model, tokenizer, prompts, base, batch_size=2, show_progress=False)
     eng = generate_completions(model, tokenizer, prompts, base, show_progress=False, use_engine=True)
     assert eng == hf  # same text, length and truncated flag on both paths
-    hf_text = [c.text for c in hf]
-    # A stop string taken from the first completion: text is cut before it on both paths, and the
-    # engine ends that request at the token that completes it.
-    text0 = hf_text[0]
-    assert len(text0) >= 8
-    stop = text0[4:7]
-    settings = GenerationSettings(max_new_tokens=20, stop_strings=(stop,))
-    hf_cut = generate_completions(model, tokenizer, prompts, settings, show_progress=False)
-    eng_cut = generate_completions(model, tokenizer, prompts, settings, show_progress=False, use_engine=True)
-    assert [c.text for c in eng_cut] == [c.text for c in hf_cut]
-    assert eng_cut[0].text == text0[:text0.find(stop)]
-    # a stop string ends the answer: not truncated, whatever the token count
-    assert not eng_cut[0].truncated and not hf_cut[0].truncated
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    toks, truncated = generate_token_ids(model, ids, settings, tokenizer=tokenizer, use_cuda_graph=False)
-    first = toks[0]
-    assert not truncated[0]
-    assert stop in tokenizer.decode(first) and stop not in tokenizer.decode(first[:-1])
-    assert len(first) < 20
+    toks, truncated = generate_token_ids(model, ids, base, use_cuda_graph=False)
+    assert [tokenizer.decode(t, skip_special_tokens=True) for t in toks] == [c.text for c in hf]
+    assert truncated == [c.truncated for c in hf]
 
 
 def _force_eos(model, eos_id: int, rows=None):
@@ -299,10 +282,3 @@ def test_completion_length_and_truncated_flag():
         handle.remove()
 
 
-def test_make_stop_fn_window():
-    tokenizer = _tiny_tokenizer()
-    fn = make_stop_fn(tokenizer, ["####"])
-    ids = tokenizer("The answer is 42. #### 18 dollars", add_special_tokens=False)["input_ids"]
-    cut = fn(ids, len(ids))
-    assert cut is not None and "####" in tokenizer.decode(ids[:cut]) and "####" not in tokenizer.decode(ids[:cut - 1])
-    assert make_stop_fn(tokenizer, []) is None

@@ -104,7 +104,8 @@ def test_training_on_a_test_benchmark_problem_fails_loudly(tmp_path):
     with pytest.raises(DataError) as exc:
         load_problems(grpo_cfg(grpo={"train_path": str(path)}), tmp_path / "unused.jsonl")
     message = str(exc.value)
-    assert "1 training problem(s) are test-benchmark problems" in message and "math500" in message
+    assert "1 training question(s) also appear in the test benchmarks" in message and "(math500)" in message
+    assert "drop_test_overlap=true" in message
     assert "\n" not in message
     kept = load_problems(grpo_cfg(grpo={"train_path": str(path), "drop_test_overlap": True}), tmp_path / "x")
     assert [r["answer"] for r in kept] == ["2"]
@@ -210,7 +211,7 @@ def test_grpo_learns_a_toy_task_on_cpu(toy_setup, one_thread):
     root, model_dir, train_path = toy_setup
     steps = 30
     cfg = toy_config(model_dir, train_path, steps)
-    result = train_grpo(cfg, train_path, None, root / "ckpt", reward_funcs=[share_of_a])
+    result = train_grpo(cfg, train_path, root / "ckpt", reward_funcs=[share_of_a])
     rewards = [e["reward"] for e in result.trainer.state.log_history if "reward" in e]
     assert len(rewards) == steps and result.metrics["steps"] == steps
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
@@ -230,7 +231,7 @@ def test_engine_rollouts_learn_too(toy_setup, one_thread):
 
     cfg = toy_config(model_dir, train_path, steps, rollout="engine", beta=0.04)
     live = Live(str(root / "dvclive"), dvcyaml=None, save_dvc_exp=False, report=None)
-    result = train_grpo(cfg, train_path, None, root / "ckpt-engine", live=live, reward_funcs=[share_of_a])
+    result = train_grpo(cfg, train_path, root / "ckpt-engine", live=live, reward_funcs=[share_of_a])
     rewards = [e["reward"] for e in result.trainer.state.log_history if "reward" in e]
     print("toy GRPO (engine rollouts) reward curve:", [round(r, 3) for r in rewards])
     assert result.metrics["rollout"] == "engine" and len(rewards) == steps
@@ -252,7 +253,7 @@ def test_stop_at_step_keeps_the_longer_schedule(toy_setup, one_thread):
 
     root, model_dir, train_path = toy_setup
     cfg = toy_config(model_dir, train_path, 8, train={"lr_scheduler_type": "cosine_with_min_lr"}, stop_at_step=4)
-    result = train_grpo(cfg, train_path, None, root / "ckpt-stop", reward_funcs=[share_of_a])
+    result = train_grpo(cfg, train_path, root / "ckpt-stop", reward_funcs=[share_of_a])
     assert result.metrics["steps"] == 4 and result.trainer.state.max_steps == 8
     lrs = [e["learning_rate"] for e in result.trainer.state.log_history if "learning_rate" in e]
     # cosine from 1e-2 to the 10% floor over 8 steps (min_lr_rate); step 4 ran at the lr of schedule

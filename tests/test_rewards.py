@@ -71,7 +71,3 @@ def test_build_reward_funcs_names_weights_and_params():
     assert weights == [1.0, 2.0, 0.5, 1.0]
     assert funcs[1](["x" * 20 + "\\boxed{1}"], answer=["1"]) == [pytest.approx(0.5)]  # max_len 10 used
     assert rewards.format_reward.__name__ == "format_reward"  # the module's functions are not renamed
-
-
-def test_weighted_total_is_trls_sum():
-    assert rewards.weighted_total([[1.0, 0.0], [1.0, 1.0]], [1.0, 2.0]) == [3.0, 2.0]

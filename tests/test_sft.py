@@ -75,7 +75,7 @@ def sft_files(tmp_path_factory, chatml_tokenizer):
     """A few GSM8K examples in the Tiny-Reason chat format, split 12 train / 8 val."""
     from tinyreason import prompts
     from tinyreason.config import PromptConfig
-    from tinyreason.data import split_gsm8k_answer
+    from tinyreason.benchmarks import split_gsm8k_answer
 
     out = tmp_path_factory.mktemp("sft-data")
     rows = [json.loads(line) for line in (REPO / "data/raw/gsm8k/train.jsonl").read_text().splitlines()[:20]]

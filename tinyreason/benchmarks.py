@@ -18,18 +18,21 @@ seed and does not depend on `limit`.
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
-from tinyreason.data import split_gsm8k_answer
 from tinyreason.errors import DataError, TinyReasonError
+from tinyreason.formats import ANSWER_FORMATS, CHOICE, FINAL_ANSWER  # noqa: F401 - ANSWER_FORMATS re-exported
 
-AnswerFormat = Literal["final_answer", "boxed", "choice"]
-ANSWER_FORMATS: tuple[str, ...] = ("final_answer", "boxed", "choice")
+log = logging.getLogger(__name__)
+
+AnswerFormat = str  # one of formats.ANSWER_FORMATS (spelled out only there)
 
 # data/benchmarks/... paths in the registry are relative to the repository root (the parent of the package).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +59,8 @@ class BenchmarkSpec:
         "choice" (a letter, GPQA).
     numeric_tolerance: relative tolerance for numeric answers (None: exact / math-verify's own rounding).
     hub_id, hub_config, hub_split: where the same data lives on the Hugging Face Hub.
+    question_key, answer_key: the row fields of a user's own benchmark (see `user_spec`); None for the
+        registered ones, whose loaders know their files' fields.
     """
 
     name: str
@@ -66,6 +71,8 @@ class BenchmarkSpec:
     hub_config: str | None = None
     hub_split: str = "test"
     description: str = ""
+    question_key: str | None = None
+    answer_key: str | None = None
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
@@ -115,6 +122,88 @@ def get_spec(name: str) -> BenchmarkSpec:
             f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}") from None
 
 
+def unknown_benchmark_message(name: str) -> str:
+    """The fix for a benchmark name that is neither registered nor given a path (one line)."""
+    close = difflib.get_close_matches(name, BENCHMARKS, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (f"unknown benchmark (fix: {hint}use one of {', '.join(BENCHMARKS)}, or give your own test set a "
+            f"path: {{path: data/{name}.jsonl, prompt: final_answer}})")
+
+
+def user_spec(name: str, path: str, answer_format: str, question_key: str | None = None,
+              answer_key: str | None = None) -> BenchmarkSpec:
+    """A user's own test set under its own name: a local JSONL (or hub id) whose rows hold a question and an
+    answer. A registered name given a path keeps its registry spec (a local copy of GSM8K is still GSM8K);
+    question_key/answer_key (None: `question` and `answer`) name the fields, answer_format how answers are
+    graded. The answer may be bare (`72`, `\\frac{1}{2}`, a letter for choice) or GSM8K's `... #### 72`."""
+    if name in BENCHMARKS and question_key is None and answer_key is None:
+        return BENCHMARKS[name]
+    base = BENCHMARKS.get(name)
+    return BenchmarkSpec(name=name, path=None, answer_format=answer_format,
+                         numeric_tolerance=base.numeric_tolerance if base else None, hub_id=None,
+                         description=f"user benchmark {path}", question_key=question_key or "question",
+                         answer_key=answer_key or "answer")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# GSM8K answers and the training-vs-test leak check (the one place both are defined)
+
+# GSM8K marks calculator calls as <<48/2=24>>; they are not part of the reasoning a model writes.
+_CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")
+
+
+def split_gsm8k_answer(answer_field: str) -> tuple[str, str] | None:
+    """'steps ... #### 72' -> ('steps ...', '72'); None when there is no `####` or no answer."""
+    if "####" not in answer_field:
+        return None
+    reasoning, _, answer = answer_field.rpartition("####")
+    reasoning = _CALCULATOR_ANNOTATION.sub("", reasoning).strip()
+    answer = answer.strip().replace(",", "")
+    if not reasoning or not answer:
+        return None
+    return reasoning, answer
+
+
+def question_key(text: str) -> str:
+    """A question as the leak check compares it: case and whitespace do not make a new question."""
+    return " ".join(text.lower().split())
+
+
+def benchmark_question_keys(extra: Iterable[Problem] = ()) -> dict[str, str]:
+    """Normalised question -> benchmark, over every vendored benchmark (whole, whatever a run's limit) and
+    `extra` (the run's configured test problems: a user's own set, a hub copy). Checking against every
+    vendored set, not only the configured slices, means no benchmark a later run evaluates was trained on."""
+    keys: dict[str, str] = {}
+    for name, spec in BENCHMARKS.items():
+        if spec.path and (REPO_ROOT / spec.path).is_file():  # hub-only (GPQA): not a math training source
+            for problem in load_benchmark(name):
+                keys.setdefault(question_key(problem.question), name)
+    for problem in extra:
+        keys.setdefault(question_key(problem.question), problem.benchmark)
+    return keys
+
+
+def check_no_test_overlap(rows: list, source: str, question=lambda row: row["question"], drop: bool = False,
+                          drop_fix: str = "", test_keys: dict[str, str] | None = None) -> list:
+    """Refuse (or, with drop=True, remove) training rows whose question is a test-benchmark question.
+
+    `question(row)` reads a row's question; `test_keys` defaults to `benchmark_question_keys()`. The error names
+    the training source, how many leaked, one example and the benchmark it comes from (one line); `drop_fix`
+    adds the option to drop them where the caller has one (GRPO's train.grpo.drop_test_overlap)."""
+    test_keys = benchmark_question_keys() if test_keys is None else test_keys
+    leaked = [(row, test_keys[key]) for row in rows if (key := question_key(question(row))) in test_keys]
+    if not leaked:
+        return rows
+    if not drop:
+        row, bench = leaked[0]
+        raise DataError(f"{source}: {len(leaked)} training question(s) also appear in the test benchmarks, e.g. "
+                        f"{' '.join(question(row).split())[:60]!r} ({bench}) (fix: remove them from the training "
+                        f"data{drop_fix}; test sets must not be trained on)")
+    log.warning("%s: dropped %d training question(s) that appear in test benchmarks", source, len(leaked))
+    leaked_ids = {id(row) for row, _ in leaked}
+    return [row for row in rows if id(row) not in leaked_ids]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Row -> Problem
 
@@ -133,7 +222,9 @@ def _row_to_problem(row: dict, index: int, spec: BenchmarkSpec, where: str, seed
     """Map one raw row to a Problem; `where` names the file and line (or hub row) for error messages."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    if spec.answer_format == "choice":
+    if spec.question_key is not None:
+        return _user_row_to_problem(row, index, spec, where)
+    if spec.answer_format == CHOICE:
         return _gpqa_row_to_problem(row, index, spec, where, seed)
 
     q_field, question = _first_field(row, _QUESTION_FIELDS)
@@ -147,7 +238,7 @@ def _row_to_problem(row: dict, index: int, spec: BenchmarkSpec, where: str, seed
         answer = str(int(float(answer)))
 
     solution = row.get("solution") or ""
-    if spec.answer_format == "final_answer":
+    if spec.answer_format == FINAL_ANSWER:
         parts = split_gsm8k_answer(answer)
         if parts is None:
             raise DataError(f"{where}: 'answer' has no reasoning and '#### <number>' line (fix: GSM8K "
@@ -159,6 +250,34 @@ def _row_to_problem(row: dict, index: int, spec: BenchmarkSpec, where: str, seed
     problem_id = str(row_id) if row_id is not None else f"{spec.name}-{index}"
     return Problem(id=problem_id, question=question.strip(), gold=gold, answer_format=spec.answer_format,
                    benchmark=spec.name, solution=str(solution).strip())
+
+
+def _user_row_to_problem(row: dict, index: int, spec: BenchmarkSpec, where: str) -> Problem:
+    """A row of a user's own benchmark: its question_key and answer_key fields (errors say which key to set)."""
+    fields = ", ".join(map(str, row)) or "none"
+    for kind, key in (("question", spec.question_key), ("answer", spec.answer_key)):
+        value = row.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataError(f"{where}: no {kind} field {key!r} (fix: set evaluate.benchmarks.{spec.name}."
+                            f"{kind}_key to the field that holds it; this row has: {fields})")
+    answer = row[spec.answer_key]
+    if isinstance(answer, float) and answer.is_integer():
+        answer = int(answer)
+    answer, solution = str(answer).strip(), ""
+    if "####" in answer:  # GSM8K style: worked steps, then the answer
+        parts = split_gsm8k_answer(answer)
+        if parts is None:
+            raise DataError(f"{where}: {spec.answer_key!r} has '####' but no reasoning before it or no answer "
+                            "after it (fix: write the bare answer, or steps ending with '#### <answer>')")
+        solution, answer = parts
+    if spec.answer_format == CHOICE and answer.upper() not in GPQA_LETTERS:
+        raise DataError(f"{where}: answer {answer!r} is not a letter {'-'.join(GPQA_LETTERS[::3])} (fix: a choice "
+                        "benchmark's answer is the letter of the right option, the options written in the question)")
+    _, row_id = _first_field(row, _ID_FIELDS)
+    return Problem(id=str(row_id) if row_id is not None else f"{spec.name}-{index}",
+                   question=str(row[spec.question_key]).strip(),
+                   gold=answer.upper() if spec.answer_format == CHOICE else answer,
+                   answer_format=spec.answer_format, benchmark=spec.name, solution=solution)
 
 
 def shuffle_choices(correct: str, incorrect: list[str], seed: int, index: int) -> tuple[list[str], str]:
@@ -193,7 +312,7 @@ def _gpqa_row_to_problem(row: dict, index: int, spec: BenchmarkSpec, where: str,
     _, row_id = _first_field(row, _ID_FIELDS)
     problem_id = str(row_id) if row_id is not None else f"{spec.name}-{index}"
     return Problem(id=problem_id, question=render_choice_question(question, options), gold=gold,
-                   answer_format="choice", benchmark=spec.name,
+                   answer_format=CHOICE, benchmark=spec.name,
                    solution=str(row.get("Explanation") or "").strip())
 
 
@@ -222,7 +341,7 @@ def _iter_jsonl(file: Path, limit: int | None):
 
 
 def _hub_help(spec: BenchmarkSpec, hub_id: str) -> str:
-    if spec.answer_format == "choice":
+    if spec.answer_format == CHOICE:
         return (f"GPQA is gated and not vendored (its authors ask that it not be shared in plain text): accept the "
                 f"terms at https://huggingface.co/datasets/{hub_id}, run `huggingface-cli login` (or set HF_TOKEN), "
                 f"and run online")
@@ -246,10 +365,10 @@ def _load_hub_rows(spec: BenchmarkSpec, path: str) -> list[dict]:
     return [dict(row) for row in dataset]
 
 
-def benchmark_source(name: str, path: str | Path | None = None) -> str | Path:
+def benchmark_source(name: str, path: str | Path | None = None, spec: BenchmarkSpec | None = None) -> str | Path:
     """Where benchmark `name` is read from: a hub dataset id (str) or an existing local file (Path).
     path None: the vendored copy (or the hub, for hub-only sets). A missing local file: one line."""
-    spec = get_spec(name)
+    spec = get_spec(name) if spec is None else spec
     if path is None:
         if spec.path is None:
             return f"{spec.hub_id}:{spec.hub_config}" if spec.hub_config else spec.hub_id
@@ -264,19 +383,20 @@ def benchmark_source(name: str, path: str | Path | None = None) -> str | Path:
 
 
 def load_benchmark(name: str, path: str | Path | None = None, limit: int | None = None,
-                   seed: int = 0) -> list[Problem]:
+                   seed: int = 0, spec: BenchmarkSpec | None = None) -> list[Problem]:
     """Load benchmark `name` as a list of Problems, in file order.
 
     path: a local .jsonl file (default: the vendored copy from the registry) or a hub dataset id
         ("owner/name" or "owner/name:config"). limit: keep the first `limit` problems (deterministic).
     seed: only used by multiple-choice sets (GPQA) to shuffle the options.
+    spec: a user's own benchmark (`user_spec`); None: the registry's spec for `name`.
     Errors (one line, DataError/TinyReasonError): unknown name, missing file, malformed JSON line (with its
     number), a row missing its question/answer, an unreachable or gated hub dataset, an empty benchmark.
     """
-    spec = get_spec(name)
+    spec = get_spec(name) if spec is None else spec
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise TinyReasonError(f"benchmark limit must be a positive integer or None, got {limit!r}")
-    source = benchmark_source(name, path)
+    source = benchmark_source(name, path, spec)
     path_str = str(source)
 
     problems: list[Problem] = []

@@ -32,10 +32,9 @@ def check_inputs(cfg: RunConfig) -> None:
     data.local_data_file(cfg.prepare.train_path, data.PREPARE_PATH_FIX)
     if cfg.train.method == "grpo" and cfg.train.grpo.train_path is not None:
         data.local_data_file(cfg.train.grpo.train_path, data.GRPO_PATH_FIX)
-    data.check_benchmark_names(cfg)
     for name, run in cfg.evaluate.benchmarks.items():
         try:
-            benchmarks.benchmark_source(name, run.path)
+            benchmarks.benchmark_source(name, run.path, cfg.evaluate.spec_of(name, cfg.prompt(run.prompt).answer_format))
         except DataError as exc:
             raise DataError(f"params.yaml: evaluate.benchmarks.{name}.path: {exc}") from None
     sft.check_device_support(cfg, Path("checkpoints"))

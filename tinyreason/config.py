@@ -21,7 +21,9 @@ from typing import Any
 
 import yaml
 
+from tinyreason import benchmarks
 from tinyreason.errors import ConfigError
+from tinyreason.formats import ANSWER_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class PromptConfig:
     think_prefix: str = "<think>\n"
     answer_template: str = "**Final Answer:** {answer}"
     # How answers in this format are graded: final_answer (seed normalisation), boxed (math-verify).
-    answer_format: str = field(default="final_answer", metadata=_range(choices=("final_answer", "boxed", "choice")))
+    answer_format: str = field(default="final_answer", metadata=_range(choices=ANSWER_FORMATS))
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: list(LORA_PROJECTIONS))
 
 
-# Reward functions GRPO can use (tinyreason/rewards.py implements each; a test keeps them in sync).
+# Reward functions GRPO can use (train.grpo.reward_funcs), defined here once: rewards.py builds one for
+# each name and imports this tuple.
 GRPO_REWARDS = ("format", "accuracy", "cosine", "length")
 
 
@@ -177,7 +180,14 @@ class TrainConfig:
 class BenchmarkRun:
     limit: int | None = field(default=None, metadata=_range(1))  # None: the whole benchmark
     prompt: str = "final_answer"  # a key of `prompts`
-    path: str | None = None  # None: the vendored copy; else a local JSONL or a hub dataset id
+    # None: the vendored copy; else a local JSONL or a hub dataset id. A name that is not a registered
+    # benchmark (a user's own test set) needs one; its results are labelled with that name.
+    path: str | None = None
+    # How answers are graded (None: the prompt's answer_format; GPQA: choice).
+    answer_format: str | None = field(default=None, metadata=_range(choices=ANSWER_FORMATS))
+    # The row fields holding the question and the answer in a user's own file (None: question, answer).
+    question_key: str | None = None
+    answer_key: str | None = None
     # Samples per problem for this benchmark (None: evaluate.samples). Small sets (AIME, AMC) need k
     # samples for a stable mean@k while large ones (MATH500) are run once.
     samples: int | None = field(default=None, metadata=_range(1))
@@ -199,6 +209,15 @@ class EvaluateConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "benchmarks", {k: v for k, v in self.benchmarks.items() if v is not None})
+
+    def spec_of(self, benchmark: str, prompt_format: str) -> "benchmarks.BenchmarkSpec":
+        """How `benchmark` is read and graded: the registry's spec, or a user's own set under its name.
+        prompt_format: the answer_format of the benchmark's prompt (the default for a user's set)."""
+        run = self.benchmarks[benchmark]
+        if benchmark in benchmarks.BENCHMARKS and run.path is None:
+            return benchmarks.BENCHMARKS[benchmark]
+        return benchmarks.user_spec(benchmark, run.path, run.answer_format or prompt_format, run.question_key,
+                                    run.answer_key)
 
     def samples_of(self, benchmark: str) -> int:
         """Samples per problem for `benchmark`: its own `samples`, else evaluate.samples."""
@@ -388,6 +407,13 @@ def _check_cross_references(cfg: RunConfig, source: str) -> None:
         _fail(source, "evaluate.benchmarks", "every benchmark is off (null) (fix: give at least one, "
                                              "e.g. gsm8k: {limit: null, prompt: final_answer})")
     for name, run in cfg.evaluate.benchmarks.items():
+        if name not in benchmarks.BENCHMARKS and run.path is None:
+            _fail(source, f"evaluate.benchmarks.{name}", benchmarks.unknown_benchmark_message(name))
+        for key in ("question_key", "answer_key"):
+            if getattr(run, key) is not None and run.path is None:
+                _fail(source, f"evaluate.benchmarks.{name}.{key}", "only applies to a benchmark read from your "
+                                                                   f"own file (fix: set evaluate.benchmarks.{name}"
+                                                                   f".path, or remove {key})")
         if run.prompt not in cfg.prompts:
             _fail(source, f"evaluate.benchmarks.{name}.prompt",
                   f"{run.prompt!r} is not defined under prompts (known: {', '.join(cfg.prompts)})")
@@ -444,17 +470,22 @@ def config_from_dict(raw: dict, source: str = "params.yaml") -> RunConfig:
     return cfg
 
 
-def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> RunConfig:
-    """Validated config from a params file; `profile` overrides the file's `profile:` key."""
-    path = Path(path)
+def _read_yaml(path: Path):
+    """A YAML file's data; a missing file or a syntax error is a one-line ConfigError."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found (fix: run from the repository root)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> RunConfig:
+    """Validated config from a params file; `profile` overrides the file's `profile:` key."""
+    path = Path(path)
+    raw = _read_yaml(path)
     if profile is not None and isinstance(raw, dict):
         raw["profile"] = profile
     return config_from_dict(raw, str(path) if profile is None else f"{path} (--profile {profile})")
@@ -463,3 +494,38 @@ def load_config(path: str | Path = "params.yaml", profile: str | None = None) ->
 def config_to_dict(cfg) -> dict:
     """The resolved config as plain data (saved next to the adapter as the exact params used)."""
     return dataclasses.asdict(cfg)
+
+
+def load_params_mapping(path: str | Path) -> dict:
+    """A params file as plain data, unvalidated ({} when it does not exist): the base a recipe overlay is
+    merged over before `config_from_dict` validates the result."""
+    path = Path(path)
+    return (_read_yaml(path) or {}) if path.is_file() else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipe overlays (recipes/*.yaml): read here, like params.yaml; tinyreason.grpo turns them into commands
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def recipe_extends(directory: str | Path = RECIPES_DIR) -> dict[str, str | None]:
+    """Every recipe file's name -> the recipe it `extends:` (None for a root)."""
+    return {p.stem: (_read_yaml(p) or {}).get("extends") for p in sorted(Path(directory).glob("*.yaml"))}
+
+
+def load_recipe_overlay(name: str, directory: str | Path = RECIPES_DIR) -> dict:
+    """recipes/<name>.yaml as {name, description, source, params}, its `extends:` chain merged in (base
+    first). The params are an overlay, validated only once merged over a params file."""
+    path = Path(directory) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(directory).glob("*.yaml"))
+        raise ConfigError(f"recipe {name!r}: no {path} (known: {', '.join(known)})")
+    raw = _read_yaml(path) or {}
+    if not isinstance(raw, dict) or not isinstance(raw.get("params") or {}, dict):
+        raise ConfigError(f"{path}: expected a mapping with a `params:` mapping (fix: see recipes/open-rs3.yaml)")
+    params = raw.get("params") or {}
+    if raw.get("extends"):
+        params = _deep_merge(load_recipe_overlay(raw["extends"], directory)["params"], params)
+    return {"name": name, "description": raw.get("description", ""), "source": raw.get("source", ""),
+            "params": params}

@@ -7,20 +7,18 @@ and counted; an empty result is an error, not an empty training set.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyreason.errors import ConfigError, DataError
+from tinyreason import benchmarks
+from tinyreason.benchmarks import split_gsm8k_answer
+from tinyreason.errors import DataError
+from tinyreason.formats import CHOICE
 
 log = logging.getLogger(__name__)
-
-# GSM8K marks calculator calls as <<48/2=24>>; they are not part of the reasoning a model writes.
-_CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")
 
 
 @dataclass(frozen=True)
@@ -28,18 +26,6 @@ class ReasoningExample:
     question: str
     reasoning: str
     answer: str
-
-
-def split_gsm8k_answer(answer_field: str) -> tuple[str, str] | None:
-    """'steps ... #### 72' -> ('steps ...', '72'); None when there is no `####` or no answer."""
-    if "####" not in answer_field:
-        return None
-    reasoning, _, answer = answer_field.rpartition("####")
-    reasoning = _CALCULATOR_ANNOTATION.sub("", reasoning).strip()
-    answer = answer.strip().replace(",", "")
-    if not reasoning or not answer:
-        return None
-    return reasoning, answer
 
 
 def parse_gsm8k_rows(rows, source: str) -> tuple[list[ReasoningExample], int]:
@@ -139,30 +125,14 @@ def subsample_and_split(examples: list, num_samples: int, val_fraction: float, s
     return chosen[n_val:], chosen[:n_val]
 
 
-def _question_key(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def check_benchmark_names(cfg) -> None:
-    from tinyreason import benchmarks
-
-    for name in cfg.evaluate.benchmarks:
-        if name not in benchmarks.BENCHMARKS:
-            close = difflib.get_close_matches(name, benchmarks.BENCHMARKS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"params.yaml: evaluate.benchmarks.{name}: unknown benchmark (fix: {hint}use one "
-                              f"of {', '.join(benchmarks.BENCHMARKS)})")
-
-
 def build_prepared_splits(cfg, tokenizer) -> tuple[dict[str, list[dict]], dict]:
     """train/val (SFT prompt-completion rows) and test (rendered evaluation prompts), plus a report.
 
     Raises if a training question is also a test question: test benchmarks must never leak into
     training or checkpoint choice.
     """
-    from tinyreason import benchmarks, prompts
+    from tinyreason import prompts
 
-    check_benchmark_names(cfg)  # before any work: a typo here is a params problem
     examples, dropped = load_gsm8k(cfg.prepare.train_path, cfg.prepare.hub_config, cfg.prepare.hub_split)
     try:
         train, val = subsample_and_split(examples, cfg.prepare.num_samples, cfg.prepare.val_fraction, cfg.seed)
@@ -175,24 +145,24 @@ def build_prepared_splits(cfg, tokenizer) -> tuple[dict[str, list[dict]], dict]:
                      **prompts.render_sft_example(tokenizer, sft_prompt, ex.question, ex.reasoning, ex.answer))
                 for ex in split]
 
-    test_rows = []
+    test_rows, test_problems = [], []
     for name, run in cfg.evaluate.benchmarks.items():
-        spec = benchmarks.get_spec(name)
         prompt = cfg.prompt(run.prompt)
-        for problem in benchmarks.load_benchmark(name, path=run.path, limit=run.limit):
+        spec = cfg.evaluate.spec_of(name, prompt.answer_format)
+        user_format = spec.question_key is not None  # a user's own set: its answer_format is what grades it
+        for problem in benchmarks.load_benchmark(name, path=run.path, limit=run.limit, spec=spec):
+            test_problems.append(problem)
             test_rows.append({
                 "benchmark": name, "id": problem.id, "question": problem.question, "gold": problem.gold,
                 "prompt": prompts.render_generation_prompt(tokenizer, prompt, problem.question),
-                "answer_format": "choice" if problem.answer_format == "choice" else prompt.answer_format,
+                "answer_format": problem.answer_format if user_format or problem.answer_format == CHOICE
+                else run.answer_format or prompt.answer_format,
                 "numeric_tolerance": spec.numeric_tolerance,
             })
 
-    test_questions = {_question_key(r["question"]) for r in test_rows}
-    leaked = [ex.question for ex in train + val if _question_key(ex.question) in test_questions]
-    if leaked:
-        raise DataError(f"{cfg.prepare.train_path}: {len(leaked)} training question(s) also appear in "
-                        f"the test benchmarks, e.g. {leaked[0][:60]!r} (fix: remove them from the "
-                        "training data; test sets must not be trained on)")
+    # The one leak check (benchmarks.py): against every vendored benchmark and this run's own test sets.
+    benchmarks.check_no_test_overlap(train + val, cfg.prepare.train_path, question=lambda ex: ex.question,
+                                     test_keys=benchmarks.benchmark_question_keys(test_problems))
     report = {"source_rows_kept": len(examples), "source_rows_dropped": dropped,
               "train": len(train), "val": len(val), "test": len(test_rows),
               "test_per_benchmark": {n: sum(r["benchmark"] == n for r in test_rows)

@@ -60,6 +60,9 @@ def summarise(records: list[dict], samples: int) -> dict:
     summary = {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
                "accuracy_ci95_low": lo, "accuracy_ci95_high": hi,
                "format_rate": sum(r["formatted"] for r in first) / n if n else 0.0,
+               # correct answers found only through the grader's fallback form (a `**Final Answer:**` line on
+               # a boxed benchmark, or the reverse): counted in accuracy, shown here so that part is visible
+               "correct_unformatted": sum(r["correct"] and not r["formatted"] for r in first),
                # an answer cut at the cap is usually wrong for lack of room, not of skill: report it
                "truncated_rate": sum(r["truncated"] for r in records) / len(records) if records else 0.0,
                "mean_output_tokens": sum(r["num_tokens"] for r in records) / len(records) if records else 0.0}

@@ -4,6 +4,7 @@ for multiple choice, and `verify_grader` (grade every benchmark's own reference 
 Public API:
     Grade(extracted, correct, formatted)
     extract_final_answer(text) -> str | None       text after the LAST `**Final Answer:**` (first line)
+    strip_special_tokens(text), answer_region(completion)   what grading reads of a completion
     extract_boxed_answer(text) -> str | None       content of the last complete `\\boxed{...}`
     extract_choice(text) -> str | None             a letter A-D from an extracted answer
     normalize_numeric_answer(text) -> str          the seed's normalisation for GSM8K-style answers
@@ -15,9 +16,13 @@ Public API:
     add_parser(subparsers)                          registers `tinyreason verify-grader`
 
 Extraction rules. Each format has an expected answer form (`formatted=True` when the completion used it):
-final_answer -> `**Final Answer:** N`, boxed -> `\\boxed{...}`, choice -> either of them holding a letter.
-When the expected form is absent, the other form is tried as a fallback, so `correct` measures the answer and
-`formatted` measures format compliance separately. No answer at all -> Grade(None, False, False).
+final_answer -> `**Final Answer:** N` (also `**Final Answer: N**` and a plain `Final Answer: N` starting a
+line), boxed -> `\\boxed{...}`, choice -> either of them holding a letter. When the expected form is absent,
+the other form is tried as a fallback, so `correct` measures the answer and `formatted` measures format
+compliance separately (evaluation reports fallback-only successes as `correct_unformatted`). No answer at
+all -> Grade(None, False, False). Before extraction, tokenizer special tokens are dropped and the think rule
+applies (`answer_region`): only the text after the last `</think>` is graded, and a `<think>` never closed
+gives no answer.
 
 Comparison: final_answer -> seed normalisation + exact numbers (Fraction), boxed -> identical strings, then
 exact numbers (`latex_number`), then math-verify (`parse` of `$gold$` / `\\boxed{pred}`, `verify`); with a
@@ -46,6 +51,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from tinyreason.errors import TinyReasonError
+from tinyreason.formats import ANSWER_FORMATS, BOXED, CHOICE, FINAL_ANSWER  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from tinyreason.benchmarks import Problem
@@ -53,7 +59,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FINAL_ANSWER_MARKER = "**Final Answer:**"
-ANSWER_FORMATS = ("final_answer", "boxed", "choice")
 # Per math-verify call (parse of gold, parse of prediction, verify). math-verify's own default is 5 s; every
 # MATH500/Minerva reference answer grades in well under 0.5 s, so 5 s only ever trips on pathological input.
 TIMEOUT_SECONDS = 5
@@ -75,7 +80,15 @@ class Grade:
 # ----------------------------------------------------------------------------------------------------------
 # Extraction
 
-_FINAL_ANSWER_RE = re.compile(r"\*\*\s*final\s+answer\s*:?\s*\*\*\s*:?", re.IGNORECASE)
+# `**Final Answer:**`, `**Final Answer**:`, `**Final Answer: 12**` (bold closed after the answer: group `open`),
+# and a plain `Final Answer:` at the start of a line (the `plain` group; mid-sentence "final answer:" is prose).
+_FINAL_ANSWER_RE = re.compile(
+    r"\*\*\s*final\s+answer\s*(?::\s*\*\*|\*\*\s*:?)\s*:?"
+    r"|(?P<open>\*\*\s*final\s+answer\s*:)"
+    r"|(?P<plain>^[ \t>#]*final\s+answer\s*:)", re.IGNORECASE | re.MULTILINE)
+# Special tokens a decoder may leave in the text (`12<|im_end|>`, `12</s>`): never part of an answer.
+_SPECIAL_TOKEN_RE = re.compile(r"<\|[A-Za-z0-9_]+\|>|</s>|<s>|<eos>|<pad>|<end_of_turn>|<\|eot_id\|>")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOXED_SPACE_RE = re.compile(r"\\boxed +([^\s$}{]+)")
 
@@ -141,15 +154,18 @@ def _strip_wrappers(text: str) -> str:
 
 
 def extract_final_answer(text: str | None) -> str | None:
-    """The answer after the LAST `**Final Answer:**` (case-insensitive; `**Final Answer**:` also accepted).
+    """The answer after the LAST `**Final Answer:**` (case-insensitive). Also accepted: `**Final Answer**:`,
+    `**Final Answer: 12**` (bold closed after the answer) and a plain `Final Answer:` starting a line.
 
     Takes the first non-empty line after the marker, strips markdown/math wrappers and a \\boxed{} around it.
     A \\boxed{...} that starts right after the marker is taken whole even if it spans lines."""
     if not text:
         return None
+    text = strip_special_tokens(text)
     matches = list(_FINAL_ANSWER_RE.finditer(text))
     if not matches:
         return None
+    bold_open = matches[-1].group("open") is not None
     rest = text[matches[-1].end():].lstrip()
     boxed_start = re.match(r"(?:\$\$?|\\\(|\\\[)?\s*\\(?:boxed|fbox)\s*\{", rest)
     if boxed_start:
@@ -159,9 +175,32 @@ def extract_final_answer(text: str | None) -> str | None:
             return content or None
     for line in rest.splitlines():
         if line.strip():
+            line = line.strip()
+            if bold_open and "**" in line:  # `**Final Answer: 12**`: the bold closes after the answer
+                line = line[:line.rindex("**")] + line[line.rindex("**") + 2:]
             answer = _strip_wrappers(line)
             return answer or None
     return None
+
+
+def strip_special_tokens(text: str) -> str:
+    """Drop tokenizer special tokens (`<|im_end|>`, `</s>`, ...) a decoder left in the text; a newline takes
+    each one's place, so `12<|im_end|>assistant` does not glue the next turn onto the answer."""
+    return _SPECIAL_TOKEN_RE.sub("\n", text)
+
+
+def answer_region(completion: str) -> str | None:
+    """The part of a completion that may hold the graded answer (the think rule).
+
+    After the last `</think>` when the completion closes a think block; None (nothing is graded) when it opens
+    `<think>` and never closes it, since an answer inside the reasoning is a guess being weighed, not given;
+    the whole text when it has no think tags (the prompt may have opened the block: a base model primed with
+    `<think>` that answers without closing it is still graded, and `formatted`/format_reward show the lapse)."""
+    if THINK_CLOSE in completion:
+        return completion[completion.rindex(THINK_CLOSE) + len(THINK_CLOSE):]
+    if THINK_OPEN in completion:
+        return None
+    return completion
 
 
 _CHOICE_RE = re.compile(r"^\(?\s*([A-D])\s*\)?(?:[).:,\s]|$)")
@@ -184,22 +223,50 @@ def extract_choice(text: str | None) -> str | None:
 # ----------------------------------------------------------------------------------------------------------
 # Numeric normalisation (GSM8K, the seed's rules)
 
-_NUMBER_WORDS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-                 "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-_NUMBER_WORD_RE = re.compile(r"\b(" + "|".join(_NUMBER_WORDS) + r")\b")
+_UNITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+          "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
+_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
+# zero..ninety-nine: the range word answers really take (GSM8K answers written out are small); larger numbers
+# in words ("one hundred") are not parsed, and the magnitude guard below keeps them from reading as 1.
+_NUMBER_WORD_RE = re.compile(r"\b(?:(" + "|".join(_TENS) + r")(?:[\s-](one|two|three|four|five|six|seven|eight|nine)\b)?"
+                             r"|(" + "|".join(_UNITS) + r"))\b")
+
+
+def _number_word_value(match: re.Match) -> str:
+    if match.group(3):
+        return str(_UNITS.index(match.group(3)))
+    return str(_TENS[match.group(1)] + (_UNITS.index(match.group(2)) if match.group(2) else 0))
+
+
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?"
-_NUMBER_THEN_WORDS_RE = re.compile(rf"^({_NUM})\s*[a-z(][a-z\s.'’/²³()-]*$")
+# unit words after a number, with an optional exponent: `18 cm^2`, `5 m^{3}`, `3 m/s`
+_UNIT_TAIL = r"[a-z(](?:[a-z\s.'’/²³()-]|\^\{?\d\}?)*"
+_NUMBER_THEN_WORDS_RE = re.compile(rf"^({_NUM})\s*{_UNIT_TAIL}$")
 # "the answer is 18", "she makes 18 dollars": words, then the only number, then optional unit words
-_WORDS_THEN_NUMBER_RE = re.compile(rf"^[a-z][a-z\s'’:,]*?\s({_NUM})(?:\s*[a-z(][a-z\s.'’/²³()-]*)?$")
+_WORDS_THEN_NUMBER_RE = re.compile(rf"^[a-z][a-z\s'’:,]*?\s({_NUM})(?:\s*{_UNIT_TAIL})?$")
+# Words that change what the number means: "not 12", "12 or 13", "12 hundred". With one of them next to the
+# number, the answer is not reduced to that number (it stays text and matches nothing).
+_MEANING_WORDS = frozenset({"not", "no", "never", "nor", "neither", "either", "or", "except", "isn't", "cannot",
+                            "hundred", "hundreds", "thousand", "thousands", "million", "millions", "billion",
+                            "billions", "dozen", "dozens"})
+# Thousands separators: `,` or a (thin / no-break) space, only between groups of exactly three digits
+# (`1,000`, `1 000 000`); `1,2` is not 12.
+_THOUSANDS_RE = re.compile(r"(?<![\d.,])\d{1,3}(?:(?P<sep>[, \u2009\u202f\u00a0])\d{3})(?:(?P=sep)\d{3})*(?![\d,])")
+
+
+def _drop_thousands_separators(s: str) -> str:
+    return _THOUSANDS_RE.sub(lambda m: re.sub(r"[, \u2009\u202f\u00a0]", "", m.group(0)), s)
 
 
 def normalize_numeric_answer(text: str) -> str:
     """The seed's normalisation for numeric answers, e.g. `$1,000.00` -> `1000`, `ten` -> `10`, `5 cm.` -> `5`.
 
     Steps: unwrap \\text{}/\\mathrm{}/\\boxed{} and $...$, lowercase, keep the right-hand side of a trailing
-    `x = ...`, drop `$` and thousands commas (commas between digits), words zero..ten -> digits, `negative 5`
-    -> `-5`, drop a trailing period, a percent sign, unit words after a number (`12 apples`, `5 (dollars)`),
-    words before a lone number (`the answer is 18`), and a zero fraction (`.0`, `.00`).
+    `x = ...`, drop `$` and thousands separators (`,` or a space between groups of three digits: `1 000`, not
+    `1,2`), words zero..ninety-nine -> digits, `negative 5` -> `-5`, drop a trailing period, a percent sign,
+    unit words after a number (`12 apples`, `5 (dollars)`, `18 cm^2`), words before a lone number (`the answer
+    is 18`), and a zero fraction (`.0`, `.00`). Words that change the number's meaning (`not 12`, `12 or 13`,
+    `1 hundred`: _MEANING_WORDS) keep the text as it is, so it matches nothing.
     Text that is not a number comes back lowercased and stripped, so it can still be compared as a string."""
     s = _strip_wrappers(str(text))
     s = re.sub(r"\\(?:text|textbf|mathrm|mbox|mathbf)\s*\{([^{}]*)\}", r" \1 ", s)
@@ -210,14 +277,14 @@ def normalize_numeric_answer(text: str) -> str:
     if "=" in s:
         s = s.rsplit("=", 1)[1]
     s = s.replace("$", "")
-    s = re.sub(r"(?<=\d),(?=\d)", "", s)
-    s = _NUMBER_WORD_RE.sub(lambda m: _NUMBER_WORDS[m.group(1)], s)
+    s = _drop_thousands_separators(s)
+    s = _NUMBER_WORD_RE.sub(_number_word_value, s)
     s = re.sub(r"\b(?:negative|minus)\s+(?=[\d.])", "-", s)
     s = " ".join(s.split())
     s = s.rstrip(".").strip()
     s = s.rstrip("%").strip()
     match = _NUMBER_THEN_WORDS_RE.match(s) or _WORDS_THEN_NUMBER_RE.match(s)
-    if match:
+    if match and not _MEANING_WORDS.intersection(re.findall(r"[a-z']+", s)):
         s = match.group(1)
     s = s.rstrip(".").strip()
     if re.fullmatch(r"[-+]?\d+\.0+", s):
@@ -453,9 +520,9 @@ def _answers_match(pred: str, gold: str, answer_format: str, numeric_tolerance: 
     if answer_format not in ANSWER_FORMATS:
         raise TinyReasonError(f"unknown answer_format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
     try:
-        if answer_format == "final_answer":
+        if answer_format == FINAL_ANSWER:
             return _final_answer_equal(pred, gold, numeric_tolerance, string_shortcut)
-        if answer_format == "boxed":
+        if answer_format == BOXED:
             return _latex_equal(pred, gold, numeric_tolerance, string_shortcut=string_shortcut)
         letter = extract_choice(pred)
         return letter is not None and letter == gold.strip().upper()
@@ -467,7 +534,7 @@ def _answers_match(pred: str, gold: str, answer_format: str, numeric_tolerance: 
 def _extract_in_order(completion: str, answer_format: str) -> tuple[str | None, bool]:
     """The answer in `answer_format`'s own form (`**Final Answer:**` or `\\boxed{}`), else in the
     other form; the flag says whether the own form was found."""
-    if answer_format == "final_answer":
+    if answer_format == FINAL_ANSWER:
         primary, fallback = extract_final_answer, extract_boxed_answer
     else:
         primary, fallback = extract_boxed_answer, extract_final_answer
@@ -478,8 +545,9 @@ def _extract_in_order(completion: str, answer_format: str) -> tuple[str | None, 
 
 
 def extract_answer(completion: str, answer_format: str = "final_answer") -> str | None:
-    """The answer a completion gives, looked for in the order grading uses."""
-    return _extract_in_order(completion or "", answer_format)[0]
+    """The answer a completion gives, looked for where and in the order grading uses."""
+    region = answer_region(strip_special_tokens(completion or ""))
+    return None if region is None else _extract_in_order(region, answer_format)[0]
 
 
 def grade_answer(completion: str, gold: str, answer_format: str,
@@ -496,11 +564,13 @@ def _grade(completion: str, gold: str, answer_format: str, numeric_tolerance: fl
            string_shortcut: bool) -> Grade:
     if answer_format not in ANSWER_FORMATS:
         raise TinyReasonError(f"unknown answer_format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
-    completion = completion or ""
+    completion = answer_region(strip_special_tokens(completion or ""))
+    if completion is None:  # a think block opened and never closed: no answer was given
+        return Grade(None, False, False)
     extracted, formatted = _extract_in_order(completion, answer_format)
     if extracted is not None and not formatted:
-        formatted = answer_format == "choice"
-    if answer_format == "choice":
+        formatted = answer_format == CHOICE
+    if answer_format == CHOICE:
         letter = extract_choice(extracted) if extracted is not None else None
         if letter is None:
             match = list(_CHOICE_FALLBACK_RE.finditer(completion))
@@ -524,9 +594,9 @@ def render_reference_completion(problem: Problem) -> str:
     reference solution when it contains a \\boxed{} answer, else the solution (if any) followed by
     `The answer is \\boxed{<gold>}.` Choice: the explanation (if any) then `**Final Answer:** <letter>`."""
     solution = problem.solution.strip()
-    if problem.answer_format == "final_answer":
+    if problem.answer_format == FINAL_ANSWER:
         return f"{solution}\n{FINAL_ANSWER_MARKER} {problem.gold}".lstrip()
-    if problem.answer_format == "choice":
+    if problem.answer_format == CHOICE:
         return f"{solution}\n\n{FINAL_ANSWER_MARKER} {problem.gold}".lstrip()
     if solution and extract_boxed_answer(solution) is not None and re.search(r"\\boxed\s*\{", solution):
         return solution

@@ -7,9 +7,8 @@ of tinyreason/rewards.py -> train (resuming from the last complete checkpoint) -
 saves the adapter. Checkpoints are never chosen on test data: the run's last step is the result.
 
 Public API:
-    train_grpo(cfg, train_file, val_file, checkpoint_dir, live=None, reward_funcs=None) -> sft.TrainResult
+    train_grpo(cfg, train_file, checkpoint_dir, live=None, reward_funcs=None) -> sft.TrainResult
     load_problems(cfg, prepared_train) -> list[dict]        question/answer rows, leak-checked
-    check_no_test_overlap(rows, source, drop=False) -> rows
     build_dataset(cfg, tokenizer, rows) -> datasets.Dataset  prompt/answer/answer_format columns
     build_grpo_config(cfg, output_dir) -> trl.GRPOConfig
     EngineRollout                                           TRL rollout_func on tinyreason.generation
@@ -28,14 +27,13 @@ import json
 import logging
 import os
 import random
-import time
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
-from tinyreason import modeling, sft
-from tinyreason.config import RunConfig
+from tinyreason import benchmarks, modeling, sft
+from tinyreason.config import RECIPES_DIR, RunConfig, load_recipe_overlay, recipe_extends
 from tinyreason.sft import TrainResult
 from tinyreason.errors import DataError, TinyReasonError
 
@@ -51,7 +49,6 @@ _QUESTION_FIELDS = ("problem", "question", "prompt", "Question")
 def _row_to_problem(row) -> dict | None:
     """A GSM8K row (question, answer '... #### N') or a MATH-style row (problem, solution, answer)
     -> {"question", "answer"}; None when malformed. The answer column wins over the solution's box."""
-    from tinyreason.data import split_gsm8k_answer
     from tinyreason.grading import extract_boxed_answer
 
     if not isinstance(row, dict):
@@ -63,7 +60,7 @@ def _row_to_problem(row) -> dict | None:
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
     if isinstance(answer, str) and "####" in answer:
-        parts = split_gsm8k_answer(answer)
+        parts = benchmarks.split_gsm8k_answer(answer)
         answer = parts[1] if parts else None
     if not (isinstance(answer, str) and answer.strip()):
         solution = row.get("solution")
@@ -71,40 +68,6 @@ def _row_to_problem(row) -> dict | None:
     if not answer:
         return None
     return {"question": question.strip(), "answer": answer.strip()}
-
-
-def benchmark_question_keys() -> dict[str, str]:
-    """Normalised question -> benchmark, over every benchmark available locally (vendored copies)."""
-    from tinyreason import benchmarks
-    from tinyreason.data import _question_key
-
-    keys: dict[str, str] = {}
-    for name in benchmarks.benchmark_names():
-        spec = benchmarks.get_spec(name)
-        if not spec.path or not (benchmarks.REPO_ROOT / spec.path).is_file():
-            continue  # hub-only (GPQA): not a math training source
-        for problem in benchmarks.load_benchmark(name):
-            keys.setdefault(_question_key(problem.question), name)
-    return keys
-
-
-def check_no_test_overlap(rows: list[dict], source: str, drop: bool = False,
-                          test_keys: dict[str, str] | None = None) -> list[dict]:
-    """Refuse (or, with drop=True, remove) training problems that are test-benchmark problems."""
-    from tinyreason.data import _question_key
-
-    test_keys = benchmark_question_keys() if test_keys is None else test_keys
-    leaked = [(r, test_keys[_question_key(r["question"])]) for r in rows if _question_key(r["question"]) in test_keys]
-    if not leaked:
-        return rows
-    if not drop:
-        row, bench = leaked[0]
-        raise DataError(f"{source}: {len(leaked)} training problem(s) are test-benchmark problems, e.g. "
-                        f"{row['question'][:60]!r} ({bench}) (fix: remove them from the training data, or set "
-                        "train.grpo.drop_test_overlap=true to drop them; test sets must not be trained on)")
-    log.warning("%s: dropped %d training problem(s) that appear in test benchmarks", source, len(leaked))
-    leaked_ids = {id(r) for r, _ in leaked}
-    return [r for r in rows if id(r) not in leaked_ids]
 
 
 def load_problems(cfg: RunConfig, prepared_train: Path) -> list[dict]:
@@ -127,7 +90,9 @@ def load_problems(cfg: RunConfig, prepared_train: Path) -> list[dict]:
     if not rows:
         raise DataError(f"{source}: no usable rows (fix: each row needs 'problem' or 'question' and an "
                         "'answer' (or a solution with \\boxed{{}}))")
-    rows = check_no_test_overlap(rows, source, drop=g.drop_test_overlap)
+    # The one leak check (benchmarks.py), against every vendored benchmark.
+    rows = benchmarks.check_no_test_overlap(rows, source, drop=g.drop_test_overlap,
+                                            drop_fix=", or set train.grpo.drop_test_overlap=true to drop them")
     if g.num_samples is not None and g.num_samples < len(rows):
         rows = random.Random(cfg.seed).sample(rows, g.num_samples)
     return rows
@@ -273,7 +238,6 @@ class EngineRollout:
         self.engine = None
         self.shadow = None
         self.calls = 0
-        self.seconds: list[float] = []  # wall time of each rollout call (benchmarks read it)
 
     def __call__(self, prompts: list, trainer) -> dict:
         from tinyreason.generation import GenerationEngine, eos_token_ids_of
@@ -281,7 +245,6 @@ class EngineRollout:
         tokenizer = trainer.processing_class
         prompt_ids = tokenizer(text=list(prompts))["input_ids"]
         model = trainer.accelerator.unwrap_model(trainer.model)
-        start = time.perf_counter()
         if getattr(self.g, "merge_for_rollout", False) and not _quantized(model):
             if self.shadow is None:
                 self.shadow = MergedShadow(model)
@@ -297,7 +260,6 @@ class EngineRollout:
         completion_ids = self.engine.generate(prompt_ids, self.g.max_completion_length, temperature=self.g.temperature,
                                               top_p=self.g.top_p, seed=self.seed + 7919 * self.calls,
                                               eos_token_ids=self.eos_ids)
-        self.seconds.append(time.perf_counter() - start)
         return {"prompt_ids": [list(p) for p in prompt_ids], "completion_ids": [list(c) for c in completion_ids],
                 "logprobs": None}
 
@@ -309,11 +271,11 @@ def use_engine(cfg: RunConfig) -> bool:
     return rollout == "engine"
 
 
-def train_grpo(cfg: RunConfig, train_file: Path, val_file: Path | None, checkpoint_dir: Path, live=None,
+def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None,
                reward_funcs: list | None = None) -> TrainResult:
     """Run GRPO; resumes from the last complete checkpoint in `checkpoint_dir` when there is one.
 
-    `val_file` is unused (GRPO keeps no eval loss; the last step is the result). `reward_funcs`
+    GRPO keeps no eval loss (the last step is the result), so it takes no validation file. `reward_funcs`
     replaces the params' reward functions (tests' toy tasks); weights then default to 1 each.
     """
     from trl import GRPOTrainer
@@ -384,44 +346,21 @@ def train_grpo(cfg: RunConfig, train_file: Path, val_file: Path | None, checkpoi
 # ---------------------------------------------------------------------------------------------
 # Recipe presets (recipes/*.yaml) -> one `dvc exp run -S key=value ...` command
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-
-
-def _extends(directory: Path) -> dict[str, str | None]:
-    """Every recipe file's name -> the recipe it `extends:` (None for a root)."""
-    import yaml
-
-    return {p.stem: (yaml.safe_load(p.read_text()) or {}).get("extends") for p in Path(directory).glob("*.yaml")}
-
-
 def recipe_names(directory: Path = RECIPES_DIR) -> list[str]:
     """Presets: the recipes no other recipe extends (the leaves: open-rs1, still-3, ...)."""
-    chain = _extends(directory)
+    chain = recipe_extends(directory)
     return sorted(set(chain) - set(chain.values()))
 
 
 def overlay_names(directory: Path = RECIPES_DIR) -> list[str]:
     """Shared overlays the presets extend (tina-base, eval-tina); each can also be applied on its own."""
-    chain = _extends(directory)
+    chain = recipe_extends(directory)
     return sorted(set(chain) & set(chain.values()))
 
 
 def load_recipe(name: str, directory: Path = RECIPES_DIR) -> dict:
-    """The preset's params overlay, with its `extends:` chain merged in (base first)."""
-    import yaml
-
-    from tinyreason.config import _deep_merge
-
-    path = Path(directory) / f"{name}.yaml"
-    if not path.is_file():
-        known = recipe_names(directory) + overlay_names(directory)
-        raise TinyReasonError(f"recipe {name!r}: no {path} (known: {', '.join(known)})")
-    raw = yaml.safe_load(path.read_text()) or {}
-    params = raw.get("params") or {}
-    if raw.get("extends"):
-        params = _deep_merge(load_recipe(raw["extends"], directory)["params"], params)
-    return {"name": name, "description": raw.get("description", ""), "source": raw.get("source", ""),
-            "params": params}
+    """The preset's params overlay, with its `extends:` chain merged in (base first); config.py reads it."""
+    return load_recipe_overlay(name, directory)
 
 
 def flatten_params(params: dict, prefix: str = "") -> list[tuple[str, object]]:
@@ -457,12 +396,10 @@ def _hydra_value(value) -> str:
 def recipe_command(name: str, params_path: Path | str = "params.yaml", directory: Path = RECIPES_DIR,
                    extra: list[str] | None = None) -> list[str]:
     """Validate the preset against config.py (merged over params_path) and build its dvc command."""
-    import yaml
-
-    from tinyreason.config import _deep_merge, config_from_dict
+    from tinyreason.config import _deep_merge, config_from_dict, load_params_mapping
 
     recipe = load_recipe(name, directory)
-    base = yaml.safe_load(Path(params_path).read_text()) if Path(params_path).is_file() else {}
+    base = load_params_mapping(params_path)
     config_from_dict(_deep_merge(base or {}, recipe["params"]), source=f"recipes/{name}.yaml over {params_path}")
     cmd = ["dvc", "exp", "run", "-n", f"tina-{name}"]
     for key, value in flatten_params(recipe["params"]):

@@ -18,12 +18,13 @@ under `reward`; the names here are the params names (format, accuracy, cosine, l
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
-from tinyreason.grading import grade_answer
+from tinyreason.config import GRPO_REWARDS as REWARD_NAMES
+from tinyreason.formats import BOXED
+from tinyreason.grading import THINK_CLOSE, grade_answer
 
-THINK_END = "</think>"
-DEFAULT_ANSWER_FORMAT = "boxed"
+DEFAULT_ANSWER_FORMAT = BOXED
 
 
 def completion_text(completion) -> str:
@@ -54,7 +55,7 @@ def format_reward(completions, **kwargs) -> list[float]:
 
     Tina/open-rs count "\\n</think>\\n"; counting the tag alone is the same check without making the
     surrounding whitespace part of the format."""
-    return [1.0 if completion_text(c).count(THINK_END) == 1 else 0.0 for c in completions]
+    return [1.0 if completion_text(c).count(THINK_CLOSE) == 1 else 0.0 for c in completions]
 
 
 def accuracy_reward(completions, answer, answer_format=None, **kwargs) -> list[float]:
@@ -133,15 +134,8 @@ def reward_function(name: str, settings=None) -> Callable:
     raise ConfigError(f"train.grpo.reward_funcs: unknown reward {name!r} (known: {', '.join(REWARD_NAMES)})")
 
 
-REWARD_NAMES = ("format", "accuracy", "cosine", "length")
-
-
 def build_reward_funcs(settings) -> tuple[list[Callable], list[float]]:
     """GrpoSettings -> (reward functions, weights) in params order, for GRPOTrainer/GRPOConfig."""
     funcs = [reward_function(name, settings) for name in settings.reward_funcs]
     return funcs, [float(w) for w in settings.reward_weights]
 
-
-def weighted_total(per_function: Sequence[Sequence[float]], weights: Sequence[float]) -> list[float]:
-    """What TRL's `reward` is before group normalisation: sum_i w_i * r_i per completion."""
-    return [sum(w * r[i] for w, r in zip(weights, per_function)) for i in range(len(per_function[0]))]

@@ -16,10 +16,8 @@ from tinyreason.generation.completions import (
     eos_token_ids_of,
     generate_completions,
     generate_token_ids,
-    make_stop_fn,
-    merge_lora_for_eval,
 )
 from tinyreason.generation.engine import GenerationEngine
 
 __all__ = ["Completion", "GenerationEngine", "GenerationSettings", "eos_token_ids_of", "generate_completions",
-           "generate_token_ids", "make_stop_fn", "merge_lora_for_eval"]
+           "generate_token_ids"]

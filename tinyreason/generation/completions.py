@@ -7,7 +7,7 @@ CPU run needs). Either way `batch_size` is the most requests in flight.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -22,24 +22,13 @@ class GenerationSettings:
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
     seed: int = 0
-    stop_strings: tuple[str, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
 class Completion:
     text: str
     num_tokens: int   # new tokens generated (an ending EOS counts)
-    truncated: bool   # stopped at max_new_tokens, not at EOS or a stop string
-
-
-def merge_lora_for_eval(model, dtype: torch.dtype | None = torch.bfloat16):
-    """Merge a PEFT LoRA model into plain weights (for evaluation) and cast to `dtype`. For a
-    quantised base (QLoRA) load the base in bf16 before wrapping it: merging into 4-bit is lossy."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    if dtype is not None:
-        model = model.to(dtype)
-    return model.eval()
+    truncated: bool   # stopped at max_new_tokens, not at EOS
 
 
 def eos_token_ids_of(model, tokenizer=None) -> list[int]:
@@ -52,42 +41,14 @@ def eos_token_ids_of(model, tokenizer=None) -> list[int]:
     return ids
 
 
-def _cut_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
-    cut = min((i for i in (text.find(s) for s in stop_strings if s) if i != -1), default=-1)
-    return (text, False) if cut == -1 else (text[:cut], True)
-
-
-def make_stop_fn(tokenizer, stop_strings: Sequence[str]):
-    """stop_fn for `GenerationEngine.generate`: ends a request at the first token whose decoded
-    text contains a stop string (decoded over a window of recent tokens)."""
-    stops = tuple(s for s in stop_strings if s)
-    if not stops:
-        return None
-    margin = max(len(s) for s in stops) + 4
-
-    def hit(ids: list[int]) -> bool:
-        return any(s in tokenizer.decode(ids, skip_special_tokens=True) for s in stops)
-
-    def stop_fn(toks: list[int], n_new: int):
-        start = max(0, len(toks) - n_new - margin)
-        if not hit(toks[start:]):
-            return None
-        for end in range(max(start + 1, len(toks) - n_new + 1), len(toks) + 1):
-            if hit(toks[max(0, end - n_new - margin):end]):
-                return end
-        return len(toks)
-
-    return stop_fn
-
-
 def generate_token_ids(model, prompt_ids: Sequence[Sequence[int]], settings: GenerationSettings,
-                       eos_token_ids: Sequence[int] = (), tokenizer=None, max_num_seqs: int | None = 256,
+                       eos_token_ids: Sequence[int] = (), max_num_seqs: int | None = 256,
                        engine: GenerationEngine | None = None, max_new_tokens: Sequence[int] | None = None,
                        show_progress: bool = False, **engine_kwargs) -> tuple[list[list[int]], list[bool]]:
     """Token ids in; new token ids (EOS kept when it ended a request) and truncated flags out.
 
     Pass `engine` to reuse one across calls (GRPO rollouts: graphs and cache stay; the graphs read
-    the weights in place, so optimizer steps are seen). Stop strings need `tokenizer`.
+    the weights in place, so optimizer steps are seen).
     `max_new_tokens` (per prompt) overrides `settings.max_new_tokens`. max_num_seqs None: every
     prompt at once, as memory allows.
     """
@@ -98,9 +59,8 @@ def generate_token_ids(model, prompt_ids: Sequence[Sequence[int]], settings: Gen
         need = max((len(p) + m for p, m in zip(prompt_ids, budgets)), default=1)
         slots = max(1, min(max_num_seqs or len(prompt_ids), len(prompt_ids)))
         engine = GenerationEngine(model, max_num_seqs=slots, max_model_len=need, **engine_kwargs)
-    stop_fn = make_stop_fn(tokenizer, settings.stop_strings) if tokenizer is not None else None
     out = engine.generate(prompt_ids, budgets, temperature=settings.temperature, top_p=settings.top_p,
-                          seed=settings.seed, eos_token_ids=eos_token_ids, stop_fn=stop_fn, show_progress=show_progress)
+                          seed=settings.seed, eos_token_ids=eos_token_ids, show_progress=show_progress)
     return out, engine.truncated
 
 
@@ -108,7 +68,7 @@ def generate_token_ids(model, prompt_ids: Sequence[Sequence[int]], settings: Gen
 def generate_completions(model, tokenizer, prompts: list[str], settings: GenerationSettings,
                          batch_size: int | None = 16, show_progress: bool = True,
                          use_engine: bool | None = None) -> list[Completion]:
-    """One completion per rendered chat prompt: the new text, cut at the first stop string.
+    """One completion per rendered chat prompt: the new text.
 
     batch_size: most requests in flight (None: as many as memory allows; on the HF fallback, all).
     """
@@ -120,12 +80,11 @@ def generate_completions(model, tokenizer, prompts: list[str], settings: Generat
         use_engine = device.type == "cuda"
     if use_engine:
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        new, truncated = generate_token_ids(model, ids, settings, eos_token_ids=eos_ids, tokenizer=tokenizer,
+        new, truncated = generate_token_ids(model, ids, settings, eos_token_ids=eos_ids,
                                             max_num_seqs=batch_size, show_progress=show_progress)
         out = []
         for toks, cut in zip(new, truncated):
-            text, stopped = _cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), settings.stop_strings)
-            out.append(Completion(text, len(toks), cut and not stopped))
+            out.append(Completion(tokenizer.decode(toks, skip_special_tokens=True), len(toks), cut))
         return out
 
     tokenizer.padding_side = "left"
@@ -143,7 +102,6 @@ def generate_completions(model, tokenizer, prompts: list[str], settings: Generat
         for row in gen[:, enc["input_ids"].shape[1]:].tolist():
             ended = next((i for i, t in enumerate(row) if t in eos_ids), None)
             toks = row if ended is None else row[:ended + 1]
-            text, stopped = _cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), settings.stop_strings)
-            outputs.append(Completion(text, len(toks), ended is None and len(toks) >= settings.max_new_tokens
-                                      and not stopped))
+            outputs.append(Completion(tokenizer.decode(toks, skip_special_tokens=True), len(toks),
+                                      ended is None and len(toks) >= settings.max_new_tokens))
     return outputs

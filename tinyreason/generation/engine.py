@@ -2,7 +2,7 @@
 
 Each step the scheduler picks a prefill (new or preempted requests, chunked) or `sync_every`
 decode steps for all running requests; the model runner executes it; the host then appends the
-new tokens, ends requests at EOS / a stop string / their budget, and frees their blocks.
+new tokens, ends requests at EOS or their budget, and frees their blocks.
 Requests with the same prompt (the k samples of an evaluation problem, a GRPO group) are
 prefilled once and forked: they share the prompt's full KV blocks.
 """
@@ -10,7 +10,7 @@ prefilled once and forked: they share the prompt's full KV blocks.
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence as Seq
+from typing import Sequence as Seq
 
 import torch
 from tqdm.auto import tqdm
@@ -68,14 +68,13 @@ class GenerationEngine:
     @torch.inference_mode()
     def generate(self, prompt_ids: Seq[Seq[int]], max_new_tokens: int | Seq[int], temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, eos_token_ids: Seq[int] = (),
-                 stop_fn: Callable[[list[int], int], int | None] | None = None, show_progress: bool = False,
+                 show_progress: bool = False,
                  seeds: Seq[int] | None = None) -> list[list[int]]:
         """New token ids per prompt (an EOS that ended a request is kept; nothing after it).
 
         max_new_tokens: one budget for all, or one per prompt. seeds: one per prompt (default:
         derived from `seed` and the prompt's index), so a request's samples depend only on its own
-        seed, whatever else is in the batch. stop_fn(tokens, n_new) -> length to keep (the request
-        ends) or None. `self.truncated[j]` says whether request j ended at its budget.
+        seed, whatever else is in the batch. `self.truncated[j]` says whether request j ended at its budget.
         """
         n = len(prompt_ids)
         budgets = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
@@ -138,14 +137,8 @@ class GenerationEngine:
                 if t in eos or len(out) >= seq.budget:
                     ended = True
                     break
-            truncated = ended and out[-1] not in eos
-            if stop_fn is not None:
-                cut = stop_fn(out, len(new))
-                if cut is not None:
-                    del out[cut:]
-                    ended, truncated = True, False
             if ended:
-                retire(seq, truncated)
+                retire(seq, out[-1] not in eos)
             return ended
 
         def start_running(seq: Sequence, first: int) -> None:

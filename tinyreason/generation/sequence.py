@@ -23,7 +23,7 @@ class Sequence:
     blocks: list[int] = field(default_factory=list)  # KV block of positions [i*bs, (i+1)*bs)
     num_cached: int = 0           # tokens whose K/V are in the cache
     status: Status = Status.WAITING
-    truncated: bool = False       # ended at its budget rather than at EOS / a stop string
+    truncated: bool = False       # ended at its budget rather than at EOS
 
     @property
     def tokens(self) -> list[int]:
