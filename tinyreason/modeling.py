@@ -193,7 +193,8 @@ def check_adapter_matches(adapter_dir: Path, cfg: ModelConfig) -> None:
     config_file = Path(adapter_dir) / ADAPTER_CONFIG
     if not config_file.is_file():
         raise TinyReasonError(f"{adapter_dir}: no LoRA adapter here ({ADAPTER_CONFIG} missing) (fix: run "
-                              "the train stage, `dvc repro train`, or evaluate the base model only)")
+                              "the train stage, `dvc repro train`, or set evaluate.adapter: none to evaluate the base "
+                              "model only)")
     if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
         raise TinyReasonError(f"{adapter_dir}: adapter_model.safetensors missing (an incomplete or pickled "
                               "adapter) (fix: rerun the train stage, `dvc repro train`)")
