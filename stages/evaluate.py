@@ -23,7 +23,9 @@ def main() -> None:
     if not TEST.is_file():
         raise TinyReasonError(f"{TEST}: not found (fix: run the prepare stage, `dvc repro prepare`)")
     rows = [json.loads(line) for line in TEST.read_text().splitlines() if line.strip()]
-    modeling.check_adapter_matches(ADAPTER, cfg.model)
+    with_adapter = cfg.evaluate.adapter == "trained"  # none: the base model alone, no adapter needed
+    if with_adapter:
+        modeling.check_adapter_matches(ADAPTER, cfg.model)
     tokenizer = modeling.load_tokenizer(cfg.model)
     records = {}
     with measure_cost(cfg.cost.usd_per_gpu_hour) as cost:
@@ -32,9 +34,10 @@ def main() -> None:
             evaluation.check_fits_context(model, tokenizer, cfg, rows, TEST)
             records["base"] = evaluation.predict(model, tokenizer, cfg, rows, "base")
             evaluation.free_model(model)
-        model = modeling.load_adapter_model(cfg.model, ADAPTER, merge=True)
-        evaluation.check_fits_context(model, tokenizer, cfg, rows, TEST)
-        records["adapter"] = evaluation.predict(model, tokenizer, cfg, rows, "adapter")
+        if with_adapter:
+            model = modeling.load_adapter_model(cfg.model, ADAPTER, merge=True)
+            evaluation.check_fits_context(model, tokenizer, cfg, rows, TEST)
+            records["adapter"] = evaluation.predict(model, tokenizer, cfg, rows, "adapter")
     samples = {r["benchmark"]: cfg.evaluate.samples_of(r["benchmark"]) for r in rows}  # k per benchmark
     metrics = evaluation.build_metrics(records, samples)
 

@@ -53,6 +53,8 @@ def main() -> None:
                 result = grpo.train_grpo(cfg, TRAIN, checkpoints, live=live)
             else:
                 result = sft.train_sft(cfg, TRAIN, VAL, checkpoints, live=live, plan=plan)
+        if main_process:  # the other method's curves, empty: dvc plots then report none missing
+            tracking.write_empty_curves(live_dir)
         # Every process calls save_model (DeepSpeed/FSDP gather weights collectively); Trainer writes on rank 0.
         with atomic_directory("models/adapter") if main_process else tempfile.TemporaryDirectory() as out:
             result.trainer.save_model(str(out))  # the best checkpoint's LoRA weights (safetensors)

@@ -243,7 +243,21 @@ def fake_adapter(work: Path, base: str) -> Path:
 
 def test_evaluate_adapter_missing(work, monkeypatch, capsys):
     expect_failure(work, "evaluate", monkeypatch, capsys, "models/adapter", "adapter_config.json missing",
-                   "dvc repro train")
+                   "dvc repro train", "evaluate.adapter: none")  # the option the hint offers exists:
+
+
+def test_evaluate_adapter_none_scores_the_base_model_alone(work, tiny_model_dir, monkeypatch, capsys):
+    """The missing-adapter hint's way out: evaluate.adapter: none needs no models/adapter and writes
+    base-only metrics (no adapter, no paired comparison); the comparison table still prints."""
+    set_params(work, tiny_model_dir, evaluate={"adapter": "none"})
+    assert not (work / "models" / "adapter").exists()
+    code, err = call_stage(work, "evaluate", monkeypatch, capsys)
+    assert code == 0, err
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert set(metrics) == {"gsm8k"}
+    assert set(metrics["gsm8k"]) == {"base"} and metrics["gsm8k"]["base"]["n"] == 2
+    predictions = [json.loads(line) for line in (work / "predictions" / "gsm8k.jsonl").read_text().splitlines()]
+    assert {p["model"] for p in predictions} == {"base"}
 
 
 def test_evaluate_adapter_without_safetensors(work, tiny_model_dir, monkeypatch, capsys):

@@ -433,3 +433,32 @@ def test_solve_json_and_show_reasoning(fake_solver, capsys):
                        {"question": "hmm?", "reasoning": "I am not sure", "answer": None}]
     assert cli.main(["solve", "What is 2+3?", "--show-reasoning"]) == 0
     assert capsys.readouterr().out == "add\nFinal Answer: 5\n\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# solve: a spinner on a terminal, nothing extra when piped (issue 17.4)
+
+
+def test_solve_shows_a_spinner_on_a_terminal_and_then_the_answer(tiny_model):
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(TINYREASON[0], [*TINYREASON[1:], "solve", *CPU, "--model", tiny_model, "--base-only",
+                                          "--max-new-tokens", "64", "--temperature", "0", "--show-reasoning",
+                                          "What is 2+3?"],
+                          cwd=str(REPO), env={**ENV, "TERM": "xterm-256color"}, encoding="utf-8",
+                          timeout=MODEL_TIMEOUT, dimensions=(40, 200))
+    child.logfile_read = io.StringIO()
+    child.expect_exact("solving (up to 64 new tokens)")  # shown while generating, before any answer
+    assert "What is 2+3?" not in ANSI.sub("", child.before)
+    child.expect(pexpect.EOF)
+    child.close()
+    transcript = child.logfile_read.getvalue()
+    assert "Traceback" not in transcript, transcript
+    assert "\x1b[?25l" in transcript  # rich hides the cursor while the spinner runs ...
+    assert transcript.rfind("\x1b[?25h") > transcript.find("solving")  # ... and shows it again after
+
+
+def test_solve_piped_prints_no_spinner(tiny_model):
+    result = run_cli(["solve", *CPU, "--model", tiny_model, "--base-only", "--max-new-tokens", "8",
+                      "--json", "What is 2+3?"])
+    assert "solving" not in result.stderr and "\x1b" not in result.stderr + result.stdout, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["question"] == "What is 2+3?"

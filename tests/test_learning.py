@@ -1,31 +1,25 @@
 """Proof that training learns: the real train code (TRL SFTTrainer + LoRA via sft.train_sft) teaches
 the CPU profile's SmolLM2-135M single-digit arithmetic in the `<think>` / `**Final Answer:**`
 format, and the real evaluation code (generation + grading) sees accuracy rise from near zero to
-a clear majority on held-out problems."""
+a clear majority on held-out problems. The task and its train/test split are the CPU profile's
+(tinyreason/addition.py); tests/test_first_run.py runs the profile itself through the stages."""
 
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
 from conftest import SMOLLM_MODEL
-from tinyreason import evaluation, prompts
+from tinyreason import addition, evaluation, prompts
 from tinyreason.config import config_from_dict
-
-
-def arithmetic_problems(seed: int):
-    pairs = [(a, b) for a in range(10) for b in range(10)]
-    random.Random(seed).shuffle(pairs)
-    return pairs
 
 
 def make_rows(tokenizer, prompt_cfg, pairs):
     rows = []
     for a, b in pairs:
-        question = f"What is {a} + {b}?"
-        rows.append(prompts.render_sft_example(tokenizer, prompt_cfg, question, f"{a} + {b} = {a + b}", str(a + b)))
+        rows.append(prompts.render_sft_example(tokenizer, prompt_cfg, addition.question(a, b),
+                                               f"{a} + {b} = {a + b}", str(a + b)))
     return rows
 
 
@@ -42,13 +36,13 @@ def test_sft_teaches_arithmetic_and_evaluation_sees_it(tmp_path, smollm_tokenize
         "evaluate": {"max_new_tokens": 20, "batch_size": 16},
     })
     prompt_cfg = cfg.prompt("final_answer")
-    pairs = arithmetic_problems(cfg.seed)
-    train_pairs, val_pairs, test_pairs = pairs[:64], pairs[64:68], pairs[68:100]
+    train_file_pairs, test_pairs = addition.split_pairs()
+    train_pairs, val_pairs = train_file_pairs[:64], train_file_pairs[64:]
     for name, split in (("train", train_pairs), ("val", val_pairs)):
         (tmp_path / f"{name}.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in make_rows(smollm_tokenizer, prompt_cfg, split)))
-    test_rows = [{"benchmark": "arith", "id": f"{a}+{b}", "question": f"What is {a} + {b}?", "gold": str(a + b),
-                  "prompt": prompts.render_generation_prompt(smollm_tokenizer, prompt_cfg, f"What is {a} + {b}?"),
+    test_rows = [{"benchmark": "addition", "id": f"{a}+{b}", "question": addition.question(a, b), "gold": str(a + b),
+                  "prompt": prompts.render_generation_prompt(smollm_tokenizer, prompt_cfg, addition.question(a, b)),
                   "answer_format": "final_answer", "numeric_tolerance": None} for a, b in test_pairs]
 
     from tinyreason import sft

@@ -92,6 +92,9 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
                       "math-ai/minervamath", None, "test", "Minerva OCW courses, 272 science problems"),
         BenchmarkSpec("gpqa_diamond", None, "choice", None, GPQA_HUB_ID, GPQA_CONFIG, "train",
                       "GPQA-Diamond, 198 multiple-choice science questions (gated, not vendored)"),
+        # The CPU profile's learning task (tinyreason/addition.py): held-out problems of what it trains on.
+        BenchmarkSpec("addition", "data/benchmarks/addition/test.jsonl", "final_answer", None, None, None, "test",
+                      "single-digit addition, 32 held-out problems (generated; the CPU profile's task)"),
     )
 }
 

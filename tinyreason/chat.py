@@ -439,6 +439,19 @@ def _questions(items: list[str]) -> list[str]:
     return questions
 
 
+def _solve_with_spinner(solver: Solver, question: str, err, index: int, total: int) -> Solution:
+    """solver.solve, with a spinner on stderr while it runs when stderr is a terminal: a long
+    generation (up to --max-new-tokens, minutes on a CPU) otherwise looks hung. The spinner is
+    transient (erased when the answer is ready), so the terminal ends up as without it; stdout is
+    never touched, and piped or redirected stderr gets nothing (no control codes in logs)."""
+    if not err.is_terminal:
+        return solver.solve(question)
+    which = f" question {index}/{total}" if total > 1 else ""
+    label = f"solving{which} (up to {solver.max_new_tokens} new tokens) ..."
+    with err.status(label, spinner="dots"):
+        return solver.solve(question)
+
+
 def run_solve(args) -> int:
     out, err = _consoles()
     questions = _questions(args.questions)
@@ -448,7 +461,7 @@ def run_solve(args) -> int:
     solver = _build_solver(args, SOLVE_DEFAULTS, err)
     missing = 0
     for index, question in enumerate(questions, 1):
-        solution = solver.solve(question)
+        solution = _solve_with_spinner(solver, question, err, index, len(questions))
         if solution.answer is None:
             missing += 1
             where = f"question {index}" if len(questions) > 1 else "the question"

@@ -203,6 +203,9 @@ class EvaluateConfig:
     top_p: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
     samples: int = field(default=1, metadata=_range(1))  # k > 1 needs temperature > 0
     evaluate_base: bool = True
+    # trained: score the train stage's models/adapter (merged into the base). none: the base model
+    # only (no adapter needed, e.g. a baseline before any training); needs evaluate_base: true.
+    adapter: str = field(default="trained", metadata=_range(choices=("trained", "none")))
     # A benchmark set to null is off: an overlay (recipes/eval-tina.yaml, `dvc exp run -S`) can only
     # merge keys, never delete one, so null is how it drops a benchmark the base params list.
     benchmarks: dict[str, BenchmarkRun | None] = field(default_factory=lambda: {"gsm8k": BenchmarkRun()})
@@ -421,6 +424,9 @@ def _check_cross_references(cfg: RunConfig, source: str) -> None:
             _fail(source, f"evaluate.benchmarks.{name}.samples", f"{run.samples} samples need evaluate.temperature "
                                                                  "> 0 (greedy samples are identical) (fix: set a "
                                                                  "temperature, or samples: null)")
+    if cfg.evaluate.adapter == "none" and not cfg.evaluate.evaluate_base:
+        _fail(source, "evaluate.adapter", "none with evaluate.evaluate_base: false evaluates no model (fix: set "
+                                          "evaluate.evaluate_base: true, or evaluate.adapter: trained)")
     if cfg.evaluate.samples > 1 and cfg.evaluate.temperature == 0:
         _fail(source, "evaluate.samples", "samples > 1 needs evaluate.temperature > 0 (greedy samples are identical)")
     if cfg.train.method == "grpo":

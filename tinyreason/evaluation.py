@@ -145,9 +145,10 @@ def comparison_table(metrics: dict):
         table.add_column(column, justify="left" if column == "benchmark" else "right")
     for bench, entry in metrics.items():
         paired = entry.get("adapter_vs_base")
+        # Either model may be absent: evaluate.evaluate_base: false, or evaluate.adapter: none.
         table.add_row(
-            bench, str(entry["adapter"]["n"]),
-            acc(entry["base"]) if "base" in entry else "-", acc(entry["adapter"]),
+            bench, str((entry.get("adapter") or entry["base"])["n"]),
+            acc(entry["base"]) if "base" in entry else "-", acc(entry["adapter"]) if "adapter" in entry else "-",
             f"{paired['difference']:+.1%} [{paired['ci_low']:+.1%}, {paired['ci_high']:+.1%}]" if paired else "-",
             f"{paired['p_value']:.3g}" if paired else "-")
     return table
@@ -175,7 +176,7 @@ def compare_command(args) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("compare", help="print adapter vs base per benchmark from metrics.json",
-                                   description="Adapter vs base per benchmark, with 95%% intervals and "
+                                   description="Adapter vs base per benchmark, with 95% intervals and "
                                                "McNemar's p. To compare two experiments, use "
                                                "`dvc metrics diff` or `dvc exp show`.")
     parser.add_argument("metrics", nargs="?", default="metrics.json")

@@ -7,10 +7,13 @@ safetensors (or GGUF) only, and `trust_remote_code` stays off unless params turn
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import json
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -130,6 +133,35 @@ def quantization_config(cfg: ModelConfig):
                               bnb_4bit_compute_dtype=compute_dtype(cfg))
 
 
+@contextlib.contextmanager
+def _quiet_gguf_conversion():
+    """No "Converting and de-quantizing GGUF tensors" bar: transformers draws it with tqdm.auto
+    directly (not its own logging tqdm, so `disable_progress_bar()` misses it), once per model load,
+    several times a CPU run, and in DVC's log each redraw is a line. Its module's `tqdm` is swapped
+    for a disabled one while the model loads."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # no gguf support in this transformers: nothing is drawn
+        yield
+        return
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
+def _quiet_peft_vocab_check() -> None:
+    """PEFT's save_pretrained looks for the base model's config.json to check whether the vocabulary
+    grew; a GGUF base (a .gguf file, no config.json, offline) fails the lookup and it warns "Could not
+    find a config file" at every checkpoint save. PEFT reaches that lookup only when no embedding layer
+    is a LoRA target (it checks that first), i.e. when the vocabulary cannot have changed, so the
+    warning says nothing here."""
+    warnings.filterwarnings("ignore", message="Could not find a config file in .* - will assume that the "
+                                              "vocabulary was not modified")
+
+
 def load_base_model(cfg: ModelConfig, for_training: bool = False):
     """The base causal LM, 4-bit when asked (training only), else in the compute dtype."""
     from transformers import AutoModelForCausalLM
@@ -143,10 +175,12 @@ def load_base_model(cfg: ModelConfig, for_training: bool = False):
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": torch.cuda.current_device()})
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_location(cfg), **kwargs)
+        with _quiet_gguf_conversion() if cfg.gguf_file else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(resolve_model_location(cfg), **kwargs)
     except (OSError, ValueError) as exc:
         raise _unreachable(cfg, exc) from None
     if cfg.gguf_file:
+        _quiet_peft_vocab_check()
         # transformers dequantizes GGUF tensors into ordinary weights but keeps the model marked as
         # GGUF-quantized, which Trainer refuses to train; the weights are plain, so drop the mark.
         model.hf_quantizer = None
@@ -193,7 +227,8 @@ def check_adapter_matches(adapter_dir: Path, cfg: ModelConfig) -> None:
     config_file = Path(adapter_dir) / ADAPTER_CONFIG
     if not config_file.is_file():
         raise TinyReasonError(f"{adapter_dir}: no LoRA adapter here ({ADAPTER_CONFIG} missing) (fix: run "
-                              "the train stage, `dvc repro train`, or evaluate the base model only)")
+                              "the train stage, `dvc repro train`, or set evaluate.adapter: none to evaluate the base "
+                              "model only)")
     if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
         raise TinyReasonError(f"{adapter_dir}: adapter_model.safetensors missing (an incomplete or pickled "
                               "adapter) (fix: rerun the train stage, `dvc repro train`)")

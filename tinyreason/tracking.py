@@ -44,3 +44,28 @@ def replay_history(live, checkpoint: str | None) -> None:
     for entry in json.loads((Path(checkpoint) / "trainer_state.json").read_text())["log_history"]:
         logs = {k: v for k, v in entry.items() if k != "step"}
         callback.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=entry["step"]), None, logs=logs)
+
+
+# Every training curve dvc.yaml's top-level plots read, as DVCLive metric names (files
+# dvclive/train/plots/metrics/<name>.tsv); tests/test_plots.py checks the two lists agree.
+# Top-level plots cannot depend on train.method, and `dvc plots show/diff` reports "DVC failed to
+# load some plots" for any file missing: an SFT run logs no GRPO reward, a GRPO run no eval loss
+# and only the rewards it uses.
+PLOTTED_CURVES = (
+    "train/loss", "eval/loss", "train/learning_rate",
+    "train/reward", "train/rewards/format/mean", "train/rewards/accuracy/mean", "train/rewards/cosine/mean",
+    "train/completions/mean_length", "train/completions/clipped_ratio", "train/kl",
+)
+
+
+def write_empty_curves(live_dir) -> list[str]:
+    """Give each plotted curve this run did not log a header-only TSV (DVCLive's columns, no rows):
+    DVC draws it as an empty plot instead of failing to load it. Returns the names written."""
+    written = []
+    for name in PLOTTED_CURVES:
+        path = Path(live_dir) / "plots" / "metrics" / f"{name}.tsv"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"timestamp\tstep\t{name.rsplit('/', 1)[-1]}\n")
+            written.append(name)
+    return written
