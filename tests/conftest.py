@@ -127,3 +127,15 @@ def run_stage(work: Path, stage: str, timeout: float = 600, env: dict | None = N
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=work, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+def save_fresh_adapter(model_dir: Path, out: Path) -> None:
+    """An adapter without the train stage: a fresh LoRA on the tiny model (B = 0, so it equals the base)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(out, safe_serialization=True)

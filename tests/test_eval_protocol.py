@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from conftest import make_workdir, run_stage, shipped_params_path, tiny_run_overrides, write_params
+from conftest import make_workdir, run_stage, save_fresh_adapter, shipped_params_path, tiny_run_overrides, write_params
 from tinyreason import evaluation
 from tinyreason.config import load_config
 from tinyreason.errors import ConfigError
@@ -166,10 +166,6 @@ def test_recipe_list_shows_presets_then_overlays(capsys):
 @pytest.mark.slow
 def test_evaluate_stage_records_lengths_truncation_and_per_benchmark_samples(tmp_path, tiny_model_dir):
     """Tiny random model, 3 new tokens: every output hits the cap. aime24 takes 3 samples, gsm8k 1."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     work = make_workdir(tmp_path)
     cap = 3
     write_params(work, tiny_run_overrides(tiny_model_dir, evaluate={
@@ -178,11 +174,7 @@ def test_evaluate_stage_records_lengths_truncation_and_per_benchmark_samples(tmp
                        "aime24": {"limit": 2, "prompt": "tina_math", "samples": 3}}}))
     proc = run_stage(work, "prepare")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # an adapter without the train stage: a fresh LoRA on the tiny model (B = 0, so it equals the base)
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
-    model.save_pretrained(work / "models" / "adapter", safe_serialization=True)
+    save_fresh_adapter(tiny_model_dir, work / "models" / "adapter")
     proc = run_stage(work, "evaluate")
     assert proc.returncode == 0, proc.stderr[-2000:]
 

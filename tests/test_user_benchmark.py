@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from conftest import make_workdir, run_stage, tiny_run_overrides, write_params
+from conftest import make_workdir, run_stage, save_fresh_adapter, tiny_run_overrides, write_params
 from tinyreason import benchmarks
 from tinyreason.config import load_config
 from tinyreason.errors import ConfigError, DataError
@@ -106,10 +106,6 @@ def test_prepare_refuses_training_on_the_users_test_set(tmp_path, tiny_model_dir
 
 @pytest.mark.slow
 def test_prepare_and_evaluate_label_results_with_the_users_name(tmp_path, tiny_model_dir):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     work = make_workdir(tmp_path)
     write_rows(work / "data" / "mytest.jsonl")
     write_params(work, tiny_run_overrides(tiny_model_dir, evaluate={
@@ -122,11 +118,7 @@ def test_prepare_and_evaluate_label_results_with_the_users_name(tmp_path, tiny_m
     assert [(r["id"], r["gold"], r["answer_format"]) for r in mine] == [("mytest-0", "7", "final_answer"),
                                                                        ("mult", "42", "final_answer")]
     assert ROWS[0]["q"] in mine[0]["prompt"]
-    # an adapter without the train stage: a fresh LoRA on the tiny model (B = 0, so it equals the base)
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
-    model.save_pretrained(work / "models" / "adapter", safe_serialization=True)
+    save_fresh_adapter(tiny_model_dir, work / "models" / "adapter")
     proc = run_stage(work, "evaluate")
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((work / "metrics.json").read_text())
