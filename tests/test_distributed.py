@@ -284,7 +284,7 @@ def test_grpo_trains_on_two_gloo_processes(tmp_path, tiny_model_dir):
     for split in ("train", "val"):
         (work / "data" / "prepared" / f"{split}.jsonl").write_text(row + "\n")
     problems = tmp_path / "problems.jsonl"
-    problems.write_text("".join(json.dumps({"problem": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
+    problems.write_text("".join(json.dumps({"problem": f"Add {i} to itself.", "answer": str(2 * i)}) + "\n"
                                 for i in range(8)))
     write_params(work, tiny_run_overrides(tiny_model_dir, train={
         "method": "grpo", "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "max_steps": 2,
