@@ -107,6 +107,7 @@ class GenerationEngine:
         for lead in leaders.values():
             sched.add(lead, followers.get(lead.index, ()))
         row_of: dict[int, int] = {}  # request index -> decode row (stable while it runs)
+        in_table: dict[int, int] = {}  # request index -> how many of its blocks its row holds
         free_rows = list(range(self.max_num_seqs - 1, -1, -1))
         table = torch.zeros(self.max_num_seqs, runner.max_blocks, dtype=torch.int32)
         hist = torch.zeros(self.max_num_seqs, self.sync_every, dtype=torch.long, device=runner.device)
@@ -147,6 +148,7 @@ class GenerationEngine:
             row = free_rows.pop()
             row_of[seq.index] = row
             table[row, :len(seq.blocks)] = torch.tensor(seq.blocks, dtype=torch.int32)
+            in_table[seq.index] = len(seq.blocks)
             new_rows.append((row, first, len(seq) - 1, seq.seed, len(seq.prompt) + seq.budget - 1))
 
         try:
@@ -196,8 +198,11 @@ class GenerationEngine:
                     free_rows.append(row)
                 if not sched.running:  # all preempted for a part-prefilled request: prefill it first
                     continue
-                for seq in sched.running:
-                    table[row_of[seq.index], :len(seq.blocks)] = torch.tensor(seq.blocks, dtype=torch.int32)
+                for seq in sched.running:  # only the blocks reserve_decode just added (the rest are in place)
+                    row, have = row_of[seq.index], in_table[seq.index]
+                    if len(seq.blocks) > have:
+                        table[row, have:len(seq.blocks)] = torch.tensor(seq.blocks[have:], dtype=torch.int32)
+                        in_table[seq.index] = len(seq.blocks)
                 self._upload([], table, free_rows)
                 rows = max(row_of.values()) + 1
                 for step in range(steps):
