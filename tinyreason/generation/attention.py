@@ -73,7 +73,6 @@ class TorchAttention:
     def decode(self, q, k, v, k_cache, v_cache, b: DecodeBatch) -> torch.Tensor:
         store_kv(k_cache, k, b.block, b.offset)
         store_kv(v_cache, v, b.block, b.offset)
-        rows, bs = q.shape[0], k_cache.shape[2]
         # every request's blocks side by side: [rows, kv_heads, max_blocks * block_size, head_dim]
         keys = k_cache[b.block_table.long()].transpose(1, 2).flatten(2, 3)
         values = v_cache[b.block_table.long()].transpose(1, 2).flatten(2, 3)
