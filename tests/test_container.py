@@ -202,6 +202,13 @@ def test_dvc_dry_run_and_config_tests(cpu_image, repo_snapshot):
     if not (repo / "dvc.yaml").exists():
         pytest.skip("no dvc.yaml in this checkout yet")
     assert "train" in _run_in(cpu_image, repo, user, "dag").stdout  # entrypoint: `dag` -> `dvc dag`
+    # The first stage, `check`, runs for real: a dry run of `prepare` needs check's output to exist,
+    # and check validates the params inside the image. The scratch copy gets the CPU profile (the
+    # shipped one asks for 4-bit on a GPU, which check refuses here, as it should).
+    params = repo / "params.yaml"
+    params.write_text(re.sub(r"(?m)^profile: \S+$", "profile: cpu", params.read_text(), count=1))
+    _run_in(cpu_image, repo, user, "dvc", "repro", "check")
+    assert (repo / "checks" / "passed.json").exists()
     # Only `prepare`: on a fresh checkout a full `dvc repro --dry` stops at train, whose deps are
     # files inside prepare's not-yet-built directory output (a DVC limitation, same on the host).
     out = _run_in(cpu_image, repo, user, "dvc", "repro", "--dry", "prepare").stdout
