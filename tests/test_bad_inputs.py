@@ -322,6 +322,7 @@ def test_disk_full_while_saving(work, monkeypatch, capsys):
      ("evaluate.benchmarks.gsm8k.path", "data/nope.jsonl")),
     ({"model": {"load_in_4bit": True}}, ("model.load_in_4bit", "CUDA")),
     ({"train": {"optim": "adamw_8bit"}}, ("train.optim", "CUDA")),
+    ({"train": {"report_to": ["dvclive", "wandbb"]}}, ("train.report_to[1]", "did you mean wandb")),
 ])
 def test_check_stage_refuses_bad_input(work, tiny_model_dir, monkeypatch, capsys, sections, needles):
     import torch
@@ -330,6 +331,17 @@ def test_check_stage_refuses_bad_input(work, tiny_model_dir, monkeypatch, capsys
         pytest.skip("a CUDA GPU is visible: 4-bit and 8-bit optimizers are supported here")
     set_params(work, tiny_model_dir, **sections)
     expect_failure(work, "check", monkeypatch, capsys, *needles)
+    assert not (work / "checks").exists()
+
+
+def test_check_stage_refuses_a_tracker_that_is_not_installed(work, tiny_model_dir, monkeypatch, capsys):
+    import transformers.integrations
+
+    # whatever is installed here: transformers' own availability test says only dvclive
+    monkeypatch.setattr(transformers.integrations, "get_available_reporting_integrations", lambda: ["dvclive"])
+    set_params(work, tiny_model_dir, train={"report_to": ["dvclive", "wandb"]})
+    expect_failure(work, "check", monkeypatch, capsys, "train.report_to: wandb is not installed",
+                   "pip install wandb, or remove it from train.report_to")
     assert not (work / "checks").exists()
 
 

@@ -21,12 +21,13 @@ CHECKED = ["params.yaml: keys, types, ranges, the active profile and cross-refer
            "model.name_or_path / model.gguf_file: a pip package, a directory or a hub id",
            "prepare.train_path, train.grpo.train_path: an existing file or a hub id",
            "evaluate.benchmarks: known names, existing files",
-           "model.load_in_4bit, train.optim: supported on this machine"]
+           "model.load_in_4bit, train.optim: supported on this machine",
+           "train.report_to: every tracker installed"]
 
 
 def check_inputs(cfg: RunConfig) -> None:
     """Everything a stage would refuse later, refused now (same checks, one-line errors)."""
-    from tinyreason import benchmarks, data, modeling, sft
+    from tinyreason import benchmarks, data, modeling, sft, tracking
 
     modeling.check_model_location(cfg.model)
     data.local_data_file(cfg.prepare.train_path, data.PREPARE_PATH_FIX)
@@ -38,6 +39,7 @@ def check_inputs(cfg: RunConfig) -> None:
         except DataError as exc:
             raise DataError(f"params.yaml: evaluate.benchmarks.{name}.path: {exc}") from None
     sft.check_device_support(cfg, Path("checkpoints"))
+    tracking.check_trackers_installed(cfg.train.report_to)
 
 
 def check_run(params: str | Path = "params.yaml") -> RunConfig:

@@ -87,6 +87,10 @@ class LoraSettings:
 # each name and imports this tuple.
 GRPO_REWARDS = ("format", "accuracy", "cosine", "length")
 
+# Experiment trackers train.report_to may name: transformers' report_to integrations we document
+# (tests/test_trackers.py checks transformers knows each). dvclive is ours (tinyreason/tracking.py).
+TRACKERS = ("dvclive", "wandb", "mlflow", "tensorboard", "trackio")
+
 
 @dataclass(frozen=True)
 class GrpoSettings:
@@ -173,6 +177,9 @@ class TrainConfig:
     # relaunches the stage through `accelerate launch` on N GPUs with the same global batch
     # (per_device_train_batch_size x gradient_accumulation_steps is split over the GPUs).
     num_gpus: int = field(default=1, metadata=_range(0))
+    # Where the training curves go (names: TRACKERS). dvclive is required: dvc.yaml's train outputs and
+    # plots read dvclive/train. The others are passed to the trainer as transformers' report_to.
+    report_to: list[str] = field(default_factory=lambda: ["dvclive"])
     grpo: GrpoSettings = field(default_factory=GrpoSettings)
 
 
@@ -431,9 +438,25 @@ def _check_cross_references(cfg: RunConfig, source: str) -> None:
         _fail(source, "evaluate.samples", "samples > 1 needs evaluate.temperature > 0 (greedy samples are identical)")
     if cfg.train.method == "grpo":
         _check_grpo(cfg, source)
+    _check_report_to(cfg.train.report_to, source)
     if cfg.train.save_steps % cfg.train.eval_steps:
         _fail(source, "train.save_steps", "must be a multiple of train.eval_steps so the best checkpoint "
                                           "by eval loss is always saved")
+
+
+def _check_report_to(names: list[str], source: str) -> None:
+    for i, name in enumerate(names):
+        if name not in TRACKERS:
+            close = difflib.get_close_matches(name, TRACKERS, n=1)
+            fix = f"did you mean {close[0]}?" if close else f"use one of {', '.join(TRACKERS)}"
+            _fail(source, f"train.report_to[{i}]", f"unknown tracker {name!r} (fix: {fix})")
+        if name in names[:i]:
+            _fail(source, f"train.report_to[{i}]", f"{name} is listed twice (fix: name each tracker once)")
+    if "dvclive" not in names:
+        # dvclive/train is a declared output of the train stage and dvc.yaml's plots read it.
+        _fail(source, "train.report_to", f"[{', '.join(names)}] leaves out dvclive, which the train stage's "
+                                         "dvclive/train output and dvc.yaml's plots need (fix: report_to: "
+                                         f"[{', '.join(['dvclive', *names])}])")
 
 
 def _check_grpo(cfg: RunConfig, source: str) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from tinyreason import modeling
+from tinyreason import modeling, tracking
 from tinyreason.config import RunConfig
 from tinyreason.errors import TinyReasonError
 
@@ -337,8 +337,8 @@ BITSANDBYTES_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
 
 def common_training_arguments(cfg: RunConfig, output_dir: Path, optim: str | None = None) -> dict:
     """The TrainingArguments the SFT and GRPO recipes share: seed, schedule, optimizer, saving,
-    logging and device. DVCLive is attached explicitly (with the stage's own directory), so
-    report_to is none."""
+    logging, trackers and device. DVCLive is attached explicitly (with the stage's own directory);
+    report_to holds the other trackers of train.report_to (tracking.trainer_reporting)."""
     t = cfg.train
     optim = optim or t.optim
     on_cuda = torch.cuda.is_available()
@@ -349,7 +349,8 @@ def common_training_arguments(cfg: RunConfig, output_dir: Path, optim: str | Non
                 learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps,
                 optim=optim, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
                 save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-                logging_steps=t.logging_steps, use_cpu=not on_cuda, report_to="none", dataloader_num_workers=0)
+                logging_steps=t.logging_steps, use_cpu=not on_cuda, dataloader_num_workers=0,
+                **tracking.trainer_reporting(t.report_to))
 
 
 def build_sft_config(cfg: RunConfig, output_dir: Path, plan: SpeedPlan | None = None):
@@ -419,8 +420,6 @@ def train_sft(cfg: RunConfig, train_file: Path, val_file: Path, checkpoint_dir: 
     """
     from trl import SFTTrainer
 
-    from tinyreason.tracking import LiveMetricsCallback
-
     tokenizer = modeling.load_tokenizer(cfg.model)
     train_ds, val_ds = read_prompt_completion(train_file), read_prompt_completion(val_file)
     resume = last_checkpoint(checkpoint_dir)
@@ -440,7 +439,7 @@ def train_sft(cfg: RunConfig, train_file: Path, val_file: Path, checkpoint_dir: 
         eval_dataset=val_ds,
         processing_class=tokenizer,
         peft_config=modeling.lora_config(cfg.train.lora),
-        callbacks=([LiveMetricsCallback(live)] if live is not None else []) + list(callbacks or []) or None,
+        callbacks=([tracking.LiveMetricsCallback(live)] if live is not None else []) + list(callbacks or []) or None,
         **extra,
     )
     if plan.pure_bf16:
@@ -494,6 +493,9 @@ def checkpoint_dir_for(root: Path, cfg: RunConfig, *inputs: Path) -> Path:
 
     digest = hashlib.sha256()
     resolved = config_to_dict(cfg)
+    # Where the curves are reported does not shape training: adding a tracker still resumes, and
+    # existing checkpoint directories keep their names.
+    del resolved["train"]["report_to"]
     for section in ("seed", "model", "prompts", "prepare", "train"):
         digest.update(json.dumps(resolved[section], sort_keys=True).encode())
     for path in inputs:

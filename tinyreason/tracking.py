@@ -1,17 +1,21 @@
-"""DVCLive logging for TRL/transformers trainers, at the trainer's own step.
+"""DVCLive logging for TRL/transformers trainers, at the trainer's own step; the other trackers.
 
 transformers' DVCLiveCallback advances DVCLive's step on every log call (train logs and eval
 logs alike), so eval points land at the wrong x. This callback pins each point to
 `state.global_step`, so `dvc plots show` draws train loss, eval loss and lr on one axis.
+The other trackers of train.report_to (wandb, mlflow, ...) are transformers' own integrations.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
 from transformers import TrainerCallback
+
+from tinyreason.errors import ConfigError
 
 # Trainer's end-of-run summary keys (train_runtime, ...) are totals, not curves.
 _SUMMARY_PREFIX = "train_"
@@ -34,6 +38,28 @@ class LiveMetricsCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.live.make_summary()
+
+
+def trainer_reporting(report_to: list[str]) -> dict:
+    """TrainingArguments for train.report_to: dvclive is our callback, not transformers' (whose eval
+    points land at the wrong step), so it is left out; the run is named after the DVC experiment
+    (`dvc exp run` sets DVC_EXP_NAME) so wandb/mlflow runs match `dvc exp show`."""
+    others = [name for name in report_to if name != "dvclive"]
+    args = {"report_to": others or "none"}
+    if os.environ.get("DVC_EXP_NAME"):
+        args["run_name"] = os.environ["DVC_EXP_NAME"]
+    return args
+
+
+def check_trackers_installed(report_to: list[str]) -> None:
+    """Each tracker named is one transformers can use here (its own availability test)."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    available = get_available_reporting_integrations()
+    for name in report_to:
+        if name not in available:
+            raise ConfigError(f"params.yaml: train.report_to: {name} is not installed (fix: pip install {name}, "
+                              "or remove it from train.report_to)")
 
 
 def replay_history(live, checkpoint: str | None) -> None:
