@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+DVC = [sys.executable, "-m", "dvc"]  # where pip installed dvc with --target, no `dvc` is on PATH
 QWEN25_15B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                   num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
                   rope_theta=1e6, tie_word_embeddings=True, rms_norm_eps=1e-6)
@@ -60,17 +62,17 @@ class GpuMemorySampler(threading.Thread):
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak_mib, self._stop = 0, threading.Event()
+        self.peak_mib, self._done = 0, threading.Event()
 
     def run(self):
-        while shutil.which("nvidia-smi") and not self._stop.wait(0.2):
+        while shutil.which("nvidia-smi") and not self._done.wait(0.2):
             out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                                  capture_output=True, text=True).stdout.split()
             if out:
                 self.peak_mib = max(self.peak_mib, int(out[0]))
 
     def stop(self) -> float:
-        self._stop.set()
+        self._done.set()
         self.join()
         return round(self.peak_mib / 1024, 2)
 
@@ -115,7 +117,14 @@ def main() -> None:
         build_model(args.tokenizer.resolve(), model_dir)
     built = time.perf_counter() - start
     scratch_repo(repo, None if args.cpu else model_dir)
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+    # The stages run `python stages/x.py` in the scratch repo: its tinyreason must import, and
+    # `python` must exist (some images have only python3).
+    bin_dir = scratch / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
+           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@local", "GIT_COMMITTER_NAME": "bench",
            "GIT_COMMITTER_EMAIL": "bench@local", "PYTHONUNBUFFERED": "1"}
     log = open(args.out / "dvc-gpu-log.txt", "w")
@@ -150,16 +159,16 @@ def main() -> None:
             raise SystemExit(f"{name} failed (rc {rc}):\n{output[-4000:]}")
         return output
 
-    step("dvc repro", "dvc", "repro")
+    step("dvc repro", *DVC, "repro")
     results["stage_costs"] = {stage: json.loads((repo / "metrics" / f"{stage}.json").read_text()).get("cost")
                               for stage in ("train", "evaluate")}
-    again = step("dvc repro (again)", "dvc", "repro")
+    again = step("dvc repro (again)", *DVC, "repro")
     results["second_repro_up_to_date"] = "up to date" in again
     step("commit baseline", "bash", "-c", "git add dvc.lock && git commit -q -m 'seeded run' && git log --oneline -1")
-    step(f"dvc exp run -S train.learning_rate={args.lr}", "dvc", "exp", "run", "-S", f"train.learning_rate={args.lr}")
-    results["exp_show"] = step("dvc exp show", "dvc", "exp", "show", "--md", "--no-pager")
-    results["metrics_diff"] = step("dvc metrics diff", "dvc", "metrics", "diff", "--md", "HEAD")
-    step("dvc plots diff", "dvc", "plots", "diff", "HEAD", "-o", "plots-diff")
+    step(f"dvc exp run -S train.learning_rate={args.lr}", *DVC, "exp", "run", "-S", f"train.learning_rate={args.lr}")
+    results["exp_show"] = step("dvc exp show", *DVC, "exp", "show", "--md", "--no-pager")
+    results["metrics_diff"] = step("dvc metrics diff", *DVC, "metrics", "diff", "--md", "HEAD")
+    step("dvc plots diff", *DVC, "plots", "diff", "HEAD", "-o", "plots-diff")
     shutil.copy(repo / "plots-diff" / "index.html", args.out / "dvc-gpu-plots.html")
     (args.out / "dvc-gpu.json").write_text(json.dumps(results, indent=2))
 
@@ -168,7 +177,7 @@ def main() -> None:
              f"Model built in {results['model_build_seconds']} s (not in the table).", "",
              "| command | seconds | stages run (seconds each, DVC's own work included) | GPU memory peak GiB |",
              "| --- | --- | --- | --- |"]
-    lines += [f"| `{s['command']}` | {s['seconds']} | "
+    lines += [f"| `{s['name']}` | {s['seconds']} | "
               f"{', '.join(f'{k} {v}' for k, v in s['stage_seconds'].items()) or '-'} | {s['gpu_memory_peak_gib']} |"
               for s in results["steps"]]
     for stage, cost in results["stage_costs"].items():
