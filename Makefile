@@ -50,7 +50,7 @@ GPU_RUN = $(DOCKER_RUN) --gpus $(GPUS) --shm-size=16g --ulimit memlock=-1
 # CPU runs: no network at all (the CPU smoke profile is offline by design).
 CPU_RUN = $(DOCKER_RUN) --network none -e HF_HUB_OFFLINE=1
 
-.PHONY: help image gpu-repro gpu-exp gpu-shell gpu-metrics \
+.PHONY: help image image-local gpu-repro gpu-exp gpu-shell gpu-metrics \
 	cpu-base wheelhouse cpu-image cpu-smoke cpu-exp cpu-shell \
 	lint-docker test-container clean-wheels
 
@@ -60,6 +60,9 @@ help:
 # ---- CUDA image ---------------------------------------------------------------------------
 image: ## build the CUDA 12.8 image $(IMAGE) (BUILD_ARGS for ACCEL=..., BASE=...)
 	$(DOCKER) build -f docker/Dockerfile -t $(IMAGE) $(BUILD_ARGS) .
+
+image-local: ## build $(IMAGE) with no registry: local Debian base + CUDA torch wheels (scripts/build-cuda-image.sh)
+	scripts/build-cuda-image.sh $(IMAGE)
 
 gpu-repro: image ## build, then `dvc repro` (the seeded GPU recipe) in the container on $(GPUS) GPUs
 	$(GPU_RUN) $(IMAGE) dvc repro
