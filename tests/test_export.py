@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 from conftest import save_fresh_adapter, tiny_run_overrides, write_params
 from tinyreason import cli, evaluation, export
@@ -124,12 +125,11 @@ def test_a_failed_export_leaves_the_previous_one_and_no_temporary(work, tmp_path
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {out}: no space left on device")
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
-    assert [p.name for p in out.iterdir()] == ["README.md"] and (out / "README.md").read_text() == "the previous export\n"
+    assert [p.name for p in out.iterdir()] == ["README.md"]
+    assert (out / "README.md").read_text() == "the previous export\n"
 
 
 def test_model_card_has_metrics_with_intervals_cost_and_hub_metadata(work, tmp_path):
-    from huggingface_hub import ModelCard
-
     cfg = load_config(write_params(tmp_path, {}))  # the seed recipe: a hub base model
     card = ModelCard(export.model_card(cfg, config_to_dict(cfg), work, "bfloat16", repo_id="me/tiny-reasoner"))
     assert card.data.base_model == "Qwen/Qwen2.5-1.5B-Instruct" and card.data.library_name == "transformers"
@@ -139,10 +139,20 @@ def test_model_card_has_metrics_with_intervals_cost_and_hub_metadata(work, tmp_p
     assert "95% Wilson interval" in text and "McNemar" in text
     assert "| train | NVIDIA H100 80GB HBM3 x 1 | 812.5 | 812.5 | $0.4514 |" in text
     assert "| evaluate | NVIDIA H100 80GB HBM3 x 1 | 95.0 | 95.0 | $0.0528 |" in text
-    assert "18 training / 6 validation examples" in text and "data/raw/gsm8k/train.jsonl" in text
+    assert "18 training / 6 validation examples (subsampled and split with seed 3407)" in text
+    assert "Source: `data/raw/gsm8k/train.jsonl`" in text
     assert "| train.lora.r | `16` |" in text and "| train.learning_rate | `0.0002` |" in text
     assert "final train loss 1.25, best eval loss 1.5" in text
     assert 'from_pretrained("me/tiny-reasoner")' in text and "+ '<think>\\n'" in text
+
+
+def test_grpo_card_names_its_hub_dataset_and_rewards(tmp_path):
+    cfg = load_config(write_params(tmp_path, {"train": {"method": "grpo", "grpo": {
+        "train_path": "knoveleng/open-rs", "num_samples": 500}}}))
+    card = ModelCard(export.model_card(cfg, config_to_dict(cfg), tmp_path, "bfloat16"))
+    assert card.data.datasets == ["knoveleng/open-rs"] and "grpo" in card.data.tags
+    assert "| train.grpo.reward_funcs | `[\"format\", \"accuracy\"]` |" in card.text
+    assert "Source: `knoveleng/open-rs` (split `train`)" in card.text and "500 problems" in card.text
 
 
 def test_the_card_records_the_params_the_adapter_was_trained_with(work, tmp_path):

@@ -226,16 +226,19 @@ def _recipe_section(trained: dict, base: str, prompt_name: str, root: Path) -> l
 
 def _data_section(trained: dict, source: str, prompt_name: str, root: Path) -> list[str]:
     prepare, grpo = trained["prepare"], trained["train"]["grpo"]
+    seed = trained["seed"]
     if trained["train"]["method"] == "grpo" and grpo["train_path"]:
-        where, rows = grpo, f"{grpo['num_samples'] or 'every'} problems"
+        where, rows = grpo, f"{grpo['num_samples'] or 'every'} problems (sampled with seed {seed})"
     else:
         report = _read_json(root / "metrics" / "prepare.json") or {}
         where = prepare
         rows = (f"{report['train']} training / {report['val']} validation examples" if "train" in report else
                 f"{prepare['num_samples']} examples, {prepare['val_fraction']:.0%} held out for validation")
-    hub = f" (config `{where['hub_config']}`, split `{where['hub_split']}`)" if _hub_id(source) else ""
-    return [f"- Source: `{source}`{hub}", f"- {rows}, seeded split (seed {trained['seed']}), chat format "
-                                          f"`{prompt_name}`"]
+        rows += f" (subsampled and split with seed {seed})"
+    hub = ""
+    if _hub_id(source):
+        hub = f" (split `{where['hub_split']}`" + (f", config `{where['hub_config']}`)" if where["hub_config"] else ")")
+    return [f"- Source: `{source}`{hub}", f"- {rows}, chat format `{prompt_name}`"]
 
 
 def model_card(cfg: RunConfig, trained: dict, root: Path, dtype: str, repo_id: str | None = None) -> str:
