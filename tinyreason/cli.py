@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tinyreason import evaluation
 
     evaluation.add_parser(sub)  # compare
+    from tinyreason import export
+
+    export.add_parser(sub)  # export
     return parser
 
 
