@@ -131,7 +131,8 @@ def main() -> None:
            "GIT_COMMITTER_EMAIL": "bench@local", "PYTHONUNBUFFERED": "1"}
     log = open(args.out / "dvc-gpu-log.txt", "w")
     results: dict = {"gpu": "cpu (profile cpu)" if args.cpu else torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d"),
-                     "model": "random-weight Qwen2.5-1.5B architecture (bf16 on disk), SmolLM2 tokenizer",
+                     "model": ("the CPU profile (SmolLM2-135M GGUF, addition task)" if args.cpu else
+                               "random-weight Qwen2.5-1.5B architecture (bf16 on disk), SmolLM2 tokenizer"),
                      "model_build_seconds": round(built, 1), "steps": []}
 
     def step(name: str, *cmd: str) -> str:
@@ -166,7 +167,9 @@ def main() -> None:
                               for stage in ("train", "evaluate")}
     again = step("dvc repro (again)", *DVC, "repro")
     results["second_repro_up_to_date"] = "up to date" in again
-    step("commit baseline", "bash", "-c", "git add dvc.lock && git commit -q -m 'seeded run' && git log --oneline -1")
+    # What a user commits after a run: dvc.lock plus the uncached outputs (metrics, DVCLive curves),
+    # which `dvc metrics diff` / `dvc plots diff` read from git at HEAD.
+    step("commit baseline", "bash", "-c", "git add -A && git commit -q -m 'seeded run' && git log --oneline -1")
     step(f"dvc exp run -S train.learning_rate={args.lr}", *DVC, "exp", "run", "-S", f"train.learning_rate={args.lr}")
     results["exp_show"] = step("dvc exp show", *DVC, "exp", "show", "--md", "--no-pager")
     results["metrics_diff"] = step("dvc metrics diff", *DVC, "metrics", "diff", "--md", "HEAD")
@@ -174,8 +177,8 @@ def main() -> None:
     shutil.copy(repo / "plots-diff" / "index.html", args.out / "dvc-gpu-plots.html")
     (args.out / "dvc-gpu.json").write_text(json.dumps(results, indent=2))
 
-    lines = [f"# DVC on one GPU ({results['gpu']}, {results['date']})", "",
-             f"{results['model']}; params.yaml as shipped except model.name_or_path. "
+    lines = [f"# DVC end to end ({results['gpu']}, {results['date']})", "",
+             f"{results['model']}; params.yaml as shipped except {'profile' if args.cpu else 'model.name_or_path'}. "
              f"Model built in {results['model_build_seconds']} s (not in the table).", "",
              "| command | seconds | stages run (seconds each, DVC's own work included) | GPU memory peak GiB |",
              "| --- | --- | --- | --- |"]
@@ -187,7 +190,7 @@ def main() -> None:
             lines.append(f"\n{stage} stage: {cost.get('wall_seconds')} s wall, torch peak {cost.get('peak_memory_gib')} GiB")
     lines += ["", f"Second `dvc repro` up to date: {results['second_repro_up_to_date']}", "",
               "## dvc metrics diff HEAD (baseline committed, experiment in the workspace)", "", results["metrics_diff"],
-              "", "Redo: `python bench/dvc_gpu.py --tokenizer DIR --out bench/results` (README, GPU benchmarks)"]
+              "", "Redo: `python bench/dvc_gpu.py " + ("--cpu" if args.cpu else "--tokenizer DIR") + " --out bench/results`"]
     (args.out / "dvc-gpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
