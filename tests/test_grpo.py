@@ -68,6 +68,34 @@ def test_grpo_config_maps_params(tmp_path):
     assert args.generation_batch_size == 24 and args.eval_strategy == "no"
 
 
+@pytest.mark.parametrize("grpo, expected", [
+    ({"rollout": "vllm"}, {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}),
+    ({"rollout": "vllm", "vllm_gpu_memory_utilization": 0.55}, {"use_vllm": True, "vllm_gpu_memory_utilization": 0.55}),
+    # server mode: the memory share is the server's own flag; TRL's default stays
+    ({"rollout": "vllm", "vllm_mode": "server", "vllm_gpu_memory_utilization": 0.55},
+     {"use_vllm": True, "vllm_mode": "server", "vllm_gpu_memory_utilization": 0.3}),
+    ({"rollout": "trl", "vllm_mode": "server"}, {"use_vllm": False}),
+    ({"rollout": "engine"}, {"use_vllm": False}),
+])
+def test_vllm_rollout_maps_to_trls_vllm_arguments(tmp_path, grpo, expected):
+    """rollout: vllm is TRL's own vLLM integration (not exercised here: no vLLM wheel); built without training."""
+    from tinyreason.grpo import build_grpo_config
+
+    args = build_grpo_config(grpo_cfg(optim="adamw_torch", grpo=grpo), tmp_path)
+    assert {key: getattr(args, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"grpo": {"rollout": "vlm"}}, "train.grpo.rollout"),
+    ({"grpo": {"vllm_mode": "remote"}}, "train.grpo.vllm_mode"),
+    ({"grpo": {"vllm_gpu_memory_utilization": 1.5}}, "train.grpo.vllm_gpu_memory_utilization"),
+])
+def test_bad_vllm_params_fail_in_one_line(override, key):
+    with pytest.raises(ConfigError) as exc:
+        grpo_cfg(**override)
+    assert key in str(exc.value) and "\n" not in str(exc.value)
+
+
 def test_reward_names_in_config_match_rewards_module():
     from tinyreason import config, rewards
 
@@ -283,11 +311,11 @@ EXPECTED_PRESETS = {  # name: (dataset, max_steps, stop, per-device batch, gener
 
 
 def test_every_tina_preset_exists_and_validates():
-    from tinyreason import grpo
+    from tinyreason import recipes
 
-    assert sorted(grpo.recipe_names()) == sorted(EXPECTED_PRESETS)
+    assert sorted(recipes.recipe_names()) == sorted(EXPECTED_PRESETS)
     for name, (ds, steps, stop, bs, gens, lr, rank, funcs) in EXPECTED_PRESETS.items():
-        params = grpo.load_recipe(name)["params"]
+        params = recipes.load_recipe(name)["params"]
         cfg = config_from_dict(_deep_merge(shipped_params(), params), source=f"recipes/{name}.yaml")
         t, g = cfg.train, cfg.train.grpo
         assert (g.train_path, t.max_steps, g.stop_at_step) == (ds, steps, stop), name
@@ -332,15 +360,15 @@ def test_recipe_flags_applied_by_dvc_give_the_preset_config(tmp_path):
 
     from dvc.utils.hydra import apply_overrides
 
-    from tinyreason import grpo
+    from tinyreason import recipes
     from tinyreason.config import load_config
 
     for name in ("open-rs3", "still-3", "limr-rank-large"):
         params = tmp_path / f"{name}.yaml"
         shutil.copy(shipped_params_path(), params)
-        cmd = grpo.recipe_command(name, shipped_params_path())
+        cmd = recipes.recipe_command(name, shipped_params_path())
         apply_overrides(params, [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"])
-        direct = config_from_dict(_deep_merge(shipped_params(), grpo.load_recipe(name)["params"]))
+        direct = config_from_dict(_deep_merge(shipped_params(), recipes.load_recipe(name)["params"]))
         assert load_config(params) == direct, name
 
 
@@ -389,7 +417,7 @@ def test_merged_shadow_generates_like_the_unmerged_lora_model(toy_setup, one_thr
 
     from tinyreason import modeling
     from tinyreason.generation import GenerationEngine
-    from tinyreason.grpo import MergedShadow
+    from tinyreason.rollout import MergedShadow
 
     root, model_dir, _ = toy_setup
     cfg = toy_config(model_dir, root / "train.jsonl", 2)
