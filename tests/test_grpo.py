@@ -450,3 +450,94 @@ def test_merged_shadow_generates_like_the_unmerged_lora_model(toy_setup, one_thr
 def test_cpu_profile_with_grpo_validates():
     cfg = config_from_dict(_deep_merge(shipped_params(), {"profile": "cpu", "train": {"method": "grpo"}}))
     assert cfg.train.grpo.num_generations == 2 and cfg.train.grpo.max_completion_length == 48
+
+
+# ---------------------------------------------------------------------------------------------
+# Kill and resume (as tests/test_reliability.py does for SFT): the train stage SIGKILLed after a
+# checkpoint, then rerun, ends bit-identical to an uninterrupted run. Rollouts must sample the same
+# completions after the resume: HF generate draws from torch's RNG (restored from the checkpoint's
+# rng_state.pth), the engine seeds each rollout from the global step (rollout.EngineRollout).
+
+TIMINGS = ("runtime", "per_second", "step_time")  # wall-clock, not training
+RESUME_STEPS, KILL_AFTER_STEP = 10, 2  # steps of ~0.05 s: 8 left to kill it in
+
+
+def _stage_workdir(work: Path, model_dir: Path, train_path: Path, rollout: str) -> Path:
+    import shutil
+
+    shutil.copytree(REPO / "stages", work / "stages")
+    (work / "data" / "prepared").mkdir(parents=True)
+    row = json.dumps({"prompt": "b c", "completion": "a", "question": "b c", "answer": "a"})
+    for split in ("train", "val"):
+        (work / "data" / "prepared" / f"{split}.jsonl").write_text(row + "\n")
+    raw = _deep_merge(shipped_params(), _toy_overrides(model_dir, train_path, RESUME_STEPS,
+                                                      {"save_steps": KILL_AFTER_STEP, "eval_steps": KILL_AFTER_STEP,
+                                                       "max_length": 64},
+                                                      rollout=rollout, beta=0.04))
+    # the length reward varies with each completion's length: non-zero advantages, so the adapter moves
+    raw["train"]["grpo"].update(reward_funcs=["length"], reward_weights=[1.0])
+    (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return work
+
+
+def _train_stage(work: Path, kill_after: int | None = None):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "stages/train.py"], cwd=work, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if kill_after is not None:
+        deadline = time.monotonic() + 300
+        while not list(work.glob(f"checkpoints/*/checkpoint-{kill_after}/trainer_state.json")):
+            assert proc.poll() is None, proc.communicate()[0][-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert proc.poll() is None, "finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == (-signal.SIGKILL if kill_after is not None else 0), out[-2000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rollout", ["trl", "engine"])
+def test_killed_grpo_run_resumes_bit_identical(toy_setup, tmp_path, rollout):
+    import torch
+    from safetensors.torch import load_file
+
+    _, model_dir, train_path = toy_setup
+    ref = _stage_workdir(tmp_path / "ref", model_dir, train_path, rollout)
+    killed = _stage_workdir(tmp_path / "killed", model_dir, train_path, rollout)
+    _train_stage(ref)
+    _train_stage(killed, kill_after=KILL_AFTER_STEP)
+    assert not (killed / "models" / "adapter").exists()
+    assert "resuming from" in _train_stage(killed)
+    assert json.loads((killed / "metrics" / "train.json").read_text())["resumed_from_step"] == KILL_AFTER_STEP
+
+    a, b = (load_file(w / "models" / "adapter" / "adapter_model.safetensors") for w in (ref, killed))
+    assert a.keys() == b.keys() and a and all(a[k].equal(b[k]) for k in a)
+    assert any(k for k in a if "lora_B" in k and a[k].abs().sum() > 0), "the adapter never moved"
+
+    def last_checkpoint(work):
+        (ckpt,) = work.glob(f"checkpoints/*/checkpoint-{RESUME_STEPS}")
+        return ckpt
+
+    opt_a, opt_b = (torch.load(last_checkpoint(w) / "optimizer.pt", weights_only=True)["state"] for w in (ref, killed))
+    assert opt_a.keys() == opt_b.keys() and opt_a
+    assert all(opt_a[i][k].equal(opt_b[i][k]) for i in opt_a for k in opt_a[i])
+
+    def history(work):  # every logged loss, reward, completion length, KL, grad norm: the same floats
+        entries = json.loads((last_checkpoint(work) / "trainer_state.json").read_text())["log_history"]
+        return [{k: v for k, v in e.items() if not k.endswith(TIMINGS)} for e in entries]
+
+    assert history(killed) == history(ref)
+    assert len([e for e in history(ref) if "loss" in e]) == RESUME_STEPS
+    curves = sorted(p.relative_to(ref) for p in (ref / "dvclive" / "train").rglob("*.tsv")
+                    if not p.stem.endswith(TIMINGS))
+    assert len(curves) > 5 and any(p.name == "reward.tsv" for p in curves)
+    for name in curves:
+        assert (killed / name).read_text() == (ref / name).read_text(), name
