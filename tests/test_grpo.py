@@ -541,3 +541,69 @@ def test_killed_grpo_run_resumes_bit_identical(toy_setup, tmp_path, rollout):
     assert len(curves) > 5 and any(p.name == "reward.tsv" for p in curves)
     for name in curves:
         assert (killed / name).read_text() == (ref / name).read_text(), name
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss stays TRL's: tinyreason swaps the rollouts only. Our trainer (built from params) and a
+# GRPOTrainer configured by hand with the same values give the same loss and gradient on one batch.
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "bnpo", "dapo"])
+def test_grpo_loss_and_gradient_are_trls(toy_setup, one_thread, tmp_path, loss_type):
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tinyreason.grpo import build_trainer
+
+    root, model_dir, train_path = toy_setup
+    # non-default clip, KL weight and length, so a value our GRPOConfig mapping dropped would show
+    settings = dict(loss_type=loss_type, beta=0.3, epsilon=0.1, num_generations=4, max_completion_length=6)
+    cfg = toy_config(model_dir, train_path, 1, train={"per_device_train_batch_size": 8}, **settings)
+    ours = build_trainer(cfg, train_path, tmp_path / "ours", reward_funcs=[share_of_a])
+    for method in ("compute_loss", "_compute_loss", "_get_per_token_logps_and_entropies"):
+        assert getattr(type(ours), method) is getattr(GRPOTrainer, method), f"{method} is not TRL's"
+
+    reference = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), reward_funcs=[share_of_a],
+        train_dataset=ours.train_dataset, processing_class=ours.processing_class,
+        peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                               target_modules=list(cfg.train.lora.target_modules)),
+        # the loss settings as written above; float32 on CPU as ours (TRL's default bf16=True autocasts)
+        args=GRPOConfig(output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, gradient_checkpointing=False,
+                        per_device_train_batch_size=8, gradient_accumulation_steps=1, num_generations=4,
+                        max_completion_length=6, beta=0.3, epsilon=0.1, loss_type=loss_type, report_to="none"))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained-looking adapter (B starts at zero), the same in both
+        for name, param in ours.model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.2)
+    assert not reference.model.load_state_dict(ours.model.state_dict(), strict=False).unexpected_keys
+
+    g = torch.Generator().manual_seed(1)
+    completion_mask = torch.ones(8, 6, dtype=torch.long)
+    completion_mask[::3, 4:] = 0  # some completions ended early
+    batch = {"prompt_ids": torch.randint(4, 20, (8, 3), generator=g), "prompt_mask": torch.ones(8, 3, dtype=torch.long),
+             "completion_ids": torch.randint(4, 20, (8, 6), generator=g), "completion_mask": completion_mask,
+             "advantages": torch.randn(8, generator=g), "old_per_token_logps": -3 + 0.1 * torch.randn(8, 6, generator=g),
+             "ref_per_token_logps": -3 + 0.1 * torch.randn(8, 6, generator=g),
+             "num_items_in_batch": completion_mask.sum()}
+
+    def loss_and_grads(trainer):
+        trainer.model.train()
+        trainer.model.zero_grad()
+        trainer.current_gradient_accumulation_steps = 1  # Trainer sets it per step
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        return loss.detach(), grads
+
+    loss, grads = loss_and_grads(ours)
+    ref_loss, ref_grads = loss_and_grads(reference)
+    assert grads.keys() == ref_grads.keys() and grads
+    assert loss.item() != 0 and torch.equal(loss, ref_loss)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in grads.values()]))
+    ref_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in ref_grads.values()]))
+    assert norm > 0 and torch.equal(norm, ref_norm)
+    assert all(torch.equal(grads[n], ref_grads[n]) for n in grads)

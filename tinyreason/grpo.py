@@ -11,6 +11,7 @@ Public API:
     load_problems(cfg, prepared_train) -> list[dict]        question/answer rows, leak-checked
     build_dataset(cfg, tokenizer, rows) -> datasets.Dataset  prompt/answer/answer_format columns
     build_grpo_config(cfg, output_dir) -> trl.GRPOConfig
+    build_trainer(cfg, train_file, checkpoint_dir, ...) -> trl.GRPOTrainer  (TRL's class: its loss)
     StopAtStep                                              the half-cosine trick's stop
 Rollouts (engine, TRL's generate, vLLM) are tinyreason/rollout.py; the presets' command is
 tinyreason/recipes.py.
@@ -175,17 +176,14 @@ class StopAtStep(TrainerCallback):
         return control
 
 
-def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None,
-               reward_funcs: list | None = None) -> TrainResult:
-    """Run GRPO; resumes from the last complete checkpoint in `checkpoint_dir` when there is one.
+def build_trainer(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None, reward_funcs: list | None = None):
+    """TRL's GRPOTrainer as is (its loss, its advantages), given our data, config, rewards and rollouts.
 
-    GRPO keeps no eval loss (the last step is the result), so it takes no validation file. `reward_funcs`
-    replaces the params' reward functions (tests' toy tasks); weights then default to 1 each.
+    `reward_funcs` replaces the params' reward functions (tests' toy tasks); weights then default to 1 each.
     """
     from trl import GRPOTrainer
 
     from tinyreason import rewards
-    from tinyreason.sft import _step_of, last_checkpoint
     from tinyreason.tracking import LiveMetricsCallback
 
     g = cfg.train.grpo
@@ -197,13 +195,13 @@ def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None
     elif len(reward_funcs) != len(g.reward_weights):
         args.reward_weights = [1.0] * len(reward_funcs)
     model = modeling.load_base_model(cfg.model, for_training=True)
-    kind = rollout.rollout_kind(cfg)
-    if kind == "engine":  # rollout_func is marked experimental in TRL 1.16; we pin and test it
+    engine = rollout.rollout_kind(cfg) == "engine"
+    if engine:  # rollout_func is marked experimental in TRL 1.16; we pin and test it
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     callbacks = [StopAtStep(g.stop_at_step)]
     if live is not None:
         callbacks.append(LiveMetricsCallback(live))
-    trainer = GRPOTrainer(
+    return GRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
@@ -211,8 +209,19 @@ def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None
         processing_class=tokenizer,
         peft_config=modeling.lora_config(cfg.train.lora),
         callbacks=callbacks,
-        rollout_func=rollout.EngineRollout(g, cfg.seed, g.max_prompt_length) if kind == "engine" else None,
+        rollout_func=rollout.EngineRollout(g, cfg.seed, g.max_prompt_length) if engine else None,
     )
+
+
+def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None,
+               reward_funcs: list | None = None) -> TrainResult:
+    """Run GRPO; resumes from the last complete checkpoint in `checkpoint_dir` when there is one.
+
+    GRPO keeps no eval loss (the last step is the result), so it takes no validation file.
+    """
+    from tinyreason.sft import _step_of, last_checkpoint
+
+    trainer = build_trainer(cfg, train_file, checkpoint_dir, live, reward_funcs)
     resume = last_checkpoint(checkpoint_dir)
     if resume:
         log.info("resuming from %s", resume)
@@ -231,8 +240,7 @@ def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None
         "steps": state.global_step,
         "best_eval_loss": None,  # GRPO: no eval loss; the last checkpoint is the result
         "final_reward": last("reward"),
-        "final_rewards": {name: last(f"rewards/{name}/mean") for name in
-                          [getattr(f, "__name__", str(f)) for f in reward_funcs]},
+        "final_rewards": {name: last(f"rewards/{name}/mean") for name in trainer.reward_func_names},
         "final_completion_mean_length": last("completions/mean_length"),
         "final_clipped_ratio": last("completions/clipped_ratio"),
         "final_kl": last("kl"),
@@ -241,8 +249,8 @@ def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None
         "train_tokens_per_second": round(state.num_input_tokens_seen / runtime, 1) if runtime else None,
         "trainable_parameters": int(trainable),
         "total_parameters": int(total),
-        "train_problems": len(dataset),
-        "rollout": kind,
+        "train_problems": len(trainer.train_dataset),
+        "rollout": rollout.rollout_kind(cfg),
         "resumed_from_step": _step_of(resume),
     }
     return TrainResult(trainer=trainer, metrics=metrics)
