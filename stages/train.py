@@ -15,7 +15,7 @@ import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
-from tinyreason import distributed, modeling, sft, tracking
+from tinyreason import data, distributed, modeling, sft, tracking
 from tinyreason.config import config_to_dict, load_config
 from tinyreason.cost import measure_cost
 from tinyreason.errors import run_stage
@@ -32,7 +32,10 @@ def main() -> None:
     # train.num_gpus > 1: this process becomes `accelerate launch ... stages/train.py` (no return).
     processes = distributed.maybe_relaunch(recipe, sys.argv[0], sys.argv[1:])
     cfg = distributed.per_rank_config(recipe, processes)  # the global batch split over the processes
-    checkpoints = sft.checkpoint_dir_for(Path("checkpoints"), cfg, TRAIN, VAL)
+    # GRPO's own local training file shapes training too: after an edit, start over, never resume
+    g = cfg.train.grpo
+    own = data.local_data_file(g.train_path, data.GRPO_PATH_FIX) if cfg.train.method == "grpo" and g.train_path else None
+    checkpoints = sft.checkpoint_dir_for(Path("checkpoints"), cfg, TRAIN, VAL, *filter(None, [own]))
     sft.check_device_support(cfg, checkpoints)
     state = distributed.process_state()  # None for one process
     main_process = distributed.is_main_process()  # global rank 0 alone writes outputs

@@ -345,6 +345,31 @@ def test_check_stage_refuses_a_tracker_that_is_not_installed(work, tiny_model_di
     assert not (work / "checks").exists()
 
 
+def test_check_stage_refuses_vllm_rollout_when_vllm_is_not_installed(work, tiny_model_dir, monkeypatch, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    set_params(work, tiny_model_dir, train={"method": "grpo", "grpo": {"rollout": "vllm"}})
+    expect_failure(work, "check", monkeypatch, capsys, "params.yaml: train.grpo.rollout: vllm is not installed",
+                   "pip install vllm", "train.grpo.rollout=auto")
+
+
+def test_check_stage_keeps_grpo_training_files_where_dvc_tracks_them(work, tiny_model_dir, monkeypatch, capsys):
+    """DVC deps cannot follow train.grpo.train_path, so the train stage tracks data/raw/ (checks.GRPO_DATA_DIR)
+    and a local file elsewhere is refused: editing it would not rerun training."""
+    row = json.dumps({"problem": "What is 40 + 2?", "answer": "42"}) + "\n"
+    (work / "mine.jsonl").write_text(row)
+    set_params(work, tiny_model_dir, train={"method": "grpo", "grpo": {"train_path": "mine.jsonl"}})
+    expect_failure(work, "check", monkeypatch, capsys, "train.grpo.train_path: mine.jsonl is outside data/raw/",
+                   "move it under data/raw/")
+    (work / "data" / "raw" / "grpo").mkdir()
+    (work / "data" / "raw" / "grpo" / "mine.jsonl").write_text(row)
+    set_params(work, tiny_model_dir, train={"method": "grpo", "grpo": {"train_path": "data/raw/grpo/mine.jsonl"}})
+    code, err = call_stage(work, "check", monkeypatch, capsys)
+    assert code == 0, err
+
+
 def test_check_stage_passes_good_input_with_params_independent_bytes(work, tiny_model_dir, monkeypatch, capsys):
     outputs = []
     for steps in (2, 4):

@@ -125,3 +125,12 @@ def test_closure_follows_function_level_relative_and_package_imports(tmp_path):
     deps = ["stages/s.py", "tinyreason/__init__.py", "tinyreason/a.py", "tinyreason/b.py",
             "tinyreason/config.py", "tinyreason/engine"]
     assert uncovered(closure, deps) == ["tinyreason/c.py"]
+
+
+def test_grpo_training_files_live_in_a_train_stage_dependency():
+    """A local train.grpo.train_path must be under checks.GRPO_DATA_DIR (the check stage refuses others,
+    tests/test_bad_inputs.py), so that directory must be a dep of train, and of check, which reads the file."""
+    from tinyreason.checks import GRPO_DATA_DIR
+
+    for stage in ("check", "train"):
+        assert GRPO_DATA_DIR.as_posix() in stages()[stage]["deps"], stage

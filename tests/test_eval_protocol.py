@@ -103,11 +103,11 @@ def applied(tmp_path, name):
     """Shipped params + the recipe's -S flags applied by DVC -> the config DVC's run would read."""
     from dvc.utils.hydra import apply_overrides
 
-    from tinyreason import grpo
+    from tinyreason import recipes
 
     (tmp_path / name).mkdir()
     params = write_params(tmp_path / name, {})
-    cmd = grpo.recipe_command(name, params)
+    cmd = recipes.recipe_command(name, params)
     apply_overrides(params, [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"])
     return load_config(params), cmd
 
@@ -135,13 +135,13 @@ def test_eval_tina_overlay_loads_with_tinas_protocol(tmp_path):
 
 
 def test_every_tina_preset_extends_the_eval_overlay(tmp_path):
-    from tinyreason import grpo
+    from tinyreason import recipes
 
-    assert grpo.overlay_names() == ["eval-tina", "tina-base"]
-    assert "eval-tina" not in grpo.recipe_names() and "tina-base" not in grpo.recipe_names()
-    for name in grpo.recipe_names():
-        eval_params = grpo.load_recipe(name)["params"]["evaluate"]
-        assert eval_params == grpo.load_recipe("eval-tina")["params"]["evaluate"], name
+    assert recipes.overlay_names() == ["eval-tina", "tina-base"]
+    assert "eval-tina" not in recipes.recipe_names() and "tina-base" not in recipes.recipe_names()
+    for name in recipes.recipe_names():
+        eval_params = recipes.load_recipe(name)["params"]["evaluate"]
+        assert eval_params == recipes.load_recipe("eval-tina")["params"]["evaluate"], name
     cfg, _ = applied(tmp_path, "open-rs3")  # one preset all the way through DVC
     assert_tina_protocol(cfg)
     assert cfg.train.method == "grpo" and cfg.model.name_or_path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"

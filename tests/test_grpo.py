@@ -68,6 +68,34 @@ def test_grpo_config_maps_params(tmp_path):
     assert args.generation_batch_size == 24 and args.eval_strategy == "no"
 
 
+@pytest.mark.parametrize("grpo, expected", [
+    ({"rollout": "vllm"}, {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}),
+    ({"rollout": "vllm", "vllm_gpu_memory_utilization": 0.55}, {"use_vllm": True, "vllm_gpu_memory_utilization": 0.55}),
+    # server mode: the memory share is the server's own flag; TRL's default stays
+    ({"rollout": "vllm", "vllm_mode": "server", "vllm_gpu_memory_utilization": 0.55},
+     {"use_vllm": True, "vllm_mode": "server", "vllm_gpu_memory_utilization": 0.3}),
+    ({"rollout": "trl", "vllm_mode": "server"}, {"use_vllm": False}),
+    ({"rollout": "engine"}, {"use_vllm": False}),
+])
+def test_vllm_rollout_maps_to_trls_vllm_arguments(tmp_path, grpo, expected):
+    """rollout: vllm is TRL's own vLLM integration (not exercised here: no vLLM wheel); built without training."""
+    from tinyreason.grpo import build_grpo_config
+
+    args = build_grpo_config(grpo_cfg(optim="adamw_torch", grpo=grpo), tmp_path)
+    assert {key: getattr(args, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"grpo": {"rollout": "vlm"}}, "train.grpo.rollout"),
+    ({"grpo": {"vllm_mode": "remote"}}, "train.grpo.vllm_mode"),
+    ({"grpo": {"vllm_gpu_memory_utilization": 1.5}}, "train.grpo.vllm_gpu_memory_utilization"),
+])
+def test_bad_vllm_params_fail_in_one_line(override, key):
+    with pytest.raises(ConfigError) as exc:
+        grpo_cfg(**override)
+    assert key in str(exc.value) and "\n" not in str(exc.value)
+
+
 def test_reward_names_in_config_match_rewards_module():
     from tinyreason import config, rewards
 
@@ -283,11 +311,11 @@ EXPECTED_PRESETS = {  # name: (dataset, max_steps, stop, per-device batch, gener
 
 
 def test_every_tina_preset_exists_and_validates():
-    from tinyreason import grpo
+    from tinyreason import recipes
 
-    assert sorted(grpo.recipe_names()) == sorted(EXPECTED_PRESETS)
+    assert sorted(recipes.recipe_names()) == sorted(EXPECTED_PRESETS)
     for name, (ds, steps, stop, bs, gens, lr, rank, funcs) in EXPECTED_PRESETS.items():
-        params = grpo.load_recipe(name)["params"]
+        params = recipes.load_recipe(name)["params"]
         cfg = config_from_dict(_deep_merge(shipped_params(), params), source=f"recipes/{name}.yaml")
         t, g = cfg.train, cfg.train.grpo
         assert (g.train_path, t.max_steps, g.stop_at_step) == (ds, steps, stop), name
@@ -332,15 +360,15 @@ def test_recipe_flags_applied_by_dvc_give_the_preset_config(tmp_path):
 
     from dvc.utils.hydra import apply_overrides
 
-    from tinyreason import grpo
+    from tinyreason import recipes
     from tinyreason.config import load_config
 
     for name in ("open-rs3", "still-3", "limr-rank-large"):
         params = tmp_path / f"{name}.yaml"
         shutil.copy(shipped_params_path(), params)
-        cmd = grpo.recipe_command(name, shipped_params_path())
+        cmd = recipes.recipe_command(name, shipped_params_path())
         apply_overrides(params, [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"])
-        direct = config_from_dict(_deep_merge(shipped_params(), grpo.load_recipe(name)["params"]))
+        direct = config_from_dict(_deep_merge(shipped_params(), recipes.load_recipe(name)["params"]))
         assert load_config(params) == direct, name
 
 
@@ -389,7 +417,7 @@ def test_merged_shadow_generates_like_the_unmerged_lora_model(toy_setup, one_thr
 
     from tinyreason import modeling
     from tinyreason.generation import GenerationEngine
-    from tinyreason.grpo import MergedShadow
+    from tinyreason.rollout import MergedShadow
 
     root, model_dir, _ = toy_setup
     cfg = toy_config(model_dir, root / "train.jsonl", 2)
@@ -422,3 +450,160 @@ def test_merged_shadow_generates_like_the_unmerged_lora_model(toy_setup, one_thr
 def test_cpu_profile_with_grpo_validates():
     cfg = config_from_dict(_deep_merge(shipped_params(), {"profile": "cpu", "train": {"method": "grpo"}}))
     assert cfg.train.grpo.num_generations == 2 and cfg.train.grpo.max_completion_length == 48
+
+
+# ---------------------------------------------------------------------------------------------
+# Kill and resume (as tests/test_reliability.py does for SFT): the train stage SIGKILLed after a
+# checkpoint, then rerun, ends bit-identical to an uninterrupted run. Rollouts must sample the same
+# completions after the resume: HF generate draws from torch's RNG (restored from the checkpoint's
+# rng_state.pth), the engine seeds each rollout from the global step (rollout.EngineRollout).
+
+TIMINGS = ("runtime", "per_second", "step_time")  # wall-clock, not training
+RESUME_STEPS, KILL_AFTER_STEP = 10, 2  # steps of ~0.05 s: 8 left to kill it in
+
+
+def _stage_workdir(work: Path, model_dir: Path, train_path: Path, rollout: str) -> Path:
+    import shutil
+
+    shutil.copytree(REPO / "stages", work / "stages")
+    (work / "data" / "prepared").mkdir(parents=True)
+    row = json.dumps({"prompt": "b c", "completion": "a", "question": "b c", "answer": "a"})
+    for split in ("train", "val"):
+        (work / "data" / "prepared" / f"{split}.jsonl").write_text(row + "\n")
+    raw = _deep_merge(shipped_params(), _toy_overrides(model_dir, train_path, RESUME_STEPS,
+                                                      {"save_steps": KILL_AFTER_STEP, "eval_steps": KILL_AFTER_STEP,
+                                                       "max_length": 64},
+                                                      rollout=rollout, beta=0.04))
+    # the length reward varies with each completion's length: non-zero advantages, so the adapter moves
+    raw["train"]["grpo"].update(reward_funcs=["length"], reward_weights=[1.0])
+    (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return work
+
+
+def _train_stage(work: Path, kill_after: int | None = None):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "stages/train.py"], cwd=work, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if kill_after is not None:
+        deadline = time.monotonic() + 300
+        while not list(work.glob(f"checkpoints/*/checkpoint-{kill_after}/trainer_state.json")):
+            assert proc.poll() is None, proc.communicate()[0][-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert proc.poll() is None, "finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == (-signal.SIGKILL if kill_after is not None else 0), out[-2000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rollout", ["trl", "engine"])
+def test_killed_grpo_run_resumes_bit_identical(toy_setup, tmp_path, rollout):
+    import torch
+    from safetensors.torch import load_file
+
+    _, model_dir, train_path = toy_setup
+    ref = _stage_workdir(tmp_path / "ref", model_dir, train_path, rollout)
+    killed = _stage_workdir(tmp_path / "killed", model_dir, train_path, rollout)
+    _train_stage(ref)
+    _train_stage(killed, kill_after=KILL_AFTER_STEP)
+    assert not (killed / "models" / "adapter").exists()
+    assert "resuming from" in _train_stage(killed)
+    assert json.loads((killed / "metrics" / "train.json").read_text())["resumed_from_step"] == KILL_AFTER_STEP
+
+    a, b = (load_file(w / "models" / "adapter" / "adapter_model.safetensors") for w in (ref, killed))
+    assert a.keys() == b.keys() and a and all(a[k].equal(b[k]) for k in a)
+    assert any(k for k in a if "lora_B" in k and a[k].abs().sum() > 0), "the adapter never moved"
+
+    def last_checkpoint(work):
+        (ckpt,) = work.glob(f"checkpoints/*/checkpoint-{RESUME_STEPS}")
+        return ckpt
+
+    opt_a, opt_b = (torch.load(last_checkpoint(w) / "optimizer.pt", weights_only=True)["state"] for w in (ref, killed))
+    assert opt_a.keys() == opt_b.keys() and opt_a
+    assert all(opt_a[i][k].equal(opt_b[i][k]) for i in opt_a for k in opt_a[i])
+
+    def history(work):  # every logged loss, reward, completion length, KL, grad norm: the same floats
+        entries = json.loads((last_checkpoint(work) / "trainer_state.json").read_text())["log_history"]
+        return [{k: v for k, v in e.items() if not k.endswith(TIMINGS)} for e in entries]
+
+    assert history(killed) == history(ref)
+    assert len([e for e in history(ref) if "loss" in e]) == RESUME_STEPS
+    curves = sorted(p.relative_to(ref) for p in (ref / "dvclive" / "train").rglob("*.tsv")
+                    if not p.stem.endswith(TIMINGS))
+    assert len(curves) > 5 and any(p.name == "reward.tsv" for p in curves)
+    for name in curves:
+        assert (killed / name).read_text() == (ref / name).read_text(), name
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss stays TRL's: tinyreason swaps the rollouts only. Our trainer (built from params) and a
+# GRPOTrainer configured by hand with the same values give the same loss and gradient on one batch.
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "bnpo", "dapo"])
+def test_grpo_loss_and_gradient_are_trls(toy_setup, one_thread, tmp_path, loss_type):
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tinyreason.grpo import build_trainer
+
+    root, model_dir, train_path = toy_setup
+    # non-default clip, KL weight and length, so a value our GRPOConfig mapping dropped would show
+    settings = dict(loss_type=loss_type, beta=0.3, epsilon=0.1, num_generations=4, max_completion_length=6)
+    cfg = toy_config(model_dir, train_path, 1, train={"per_device_train_batch_size": 8}, **settings)
+    ours = build_trainer(cfg, train_path, tmp_path / "ours", reward_funcs=[share_of_a])
+    for method in ("compute_loss", "_compute_loss", "_get_per_token_logps_and_entropies"):
+        assert getattr(type(ours), method) is getattr(GRPOTrainer, method), f"{method} is not TRL's"
+
+    reference = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), reward_funcs=[share_of_a],
+        train_dataset=ours.train_dataset, processing_class=ours.processing_class,
+        peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                               target_modules=list(cfg.train.lora.target_modules)),
+        # the loss settings as written above; float32 on CPU as ours (TRL's default bf16=True autocasts)
+        args=GRPOConfig(output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, gradient_checkpointing=False,
+                        per_device_train_batch_size=8, gradient_accumulation_steps=1, num_generations=4,
+                        max_completion_length=6, beta=0.3, epsilon=0.1, loss_type=loss_type, report_to="none"))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained-looking adapter (B starts at zero), the same in both
+        for name, param in ours.model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.2)
+    assert not reference.model.load_state_dict(ours.model.state_dict(), strict=False).unexpected_keys
+
+    g = torch.Generator().manual_seed(1)
+    completion_mask = torch.ones(8, 6, dtype=torch.long)
+    completion_mask[::3, 4:] = 0  # some completions ended early
+    batch = {"prompt_ids": torch.randint(4, 20, (8, 3), generator=g), "prompt_mask": torch.ones(8, 3, dtype=torch.long),
+             "completion_ids": torch.randint(4, 20, (8, 6), generator=g), "completion_mask": completion_mask,
+             "advantages": torch.randn(8, generator=g), "old_per_token_logps": -3 + 0.1 * torch.randn(8, 6, generator=g),
+             "ref_per_token_logps": -3 + 0.1 * torch.randn(8, 6, generator=g),
+             "num_items_in_batch": completion_mask.sum()}
+
+    def loss_and_grads(trainer):
+        trainer.model.train()
+        trainer.model.zero_grad()
+        trainer.current_gradient_accumulation_steps = 1  # Trainer sets it per step
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        return loss.detach(), grads
+
+    loss, grads = loss_and_grads(ours)
+    ref_loss, ref_grads = loss_and_grads(reference)
+    assert grads.keys() == ref_grads.keys() and grads
+    assert loss.item() != 0 and torch.equal(loss, ref_loss)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in grads.values()]))
+    ref_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in ref_grads.values()]))
+    assert norm > 0 and torch.equal(norm, ref_norm)
+    assert all(torch.equal(grads[n], ref_grads[n]) for n in grads)

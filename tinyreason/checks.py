@@ -11,18 +11,25 @@ a later stage; only the params and deps each stage itself lists do.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from tinyreason.config import RunConfig, load_config
-from tinyreason.errors import DataError
+from tinyreason.errors import ConfigError, DataError
 
 PASSED = Path("checks/passed.json")
+# Where a local train.grpo.train_path must live: the train stage's DVC dependency in dvc.yaml. DVC
+# deps cannot depend on params, so the stage declares this directory and the check refuses a file
+# elsewhere (DVC would not rerun training when it changed).
+GRPO_DATA_DIR = Path("data/raw")
 CHECKED = ["params.yaml: keys, types, ranges, the active profile and cross-references",
            "model.name_or_path / model.gguf_file: a pip package, a directory or a hub id",
            "prepare.train_path, train.grpo.train_path: an existing file or a hub id",
            "evaluate.benchmarks: known names, existing files",
            "model.load_in_4bit, train.optim: supported on this machine",
-           "train.report_to: every tracker installed"]
+           "train.report_to: every tracker installed",
+           "train.grpo.train_path: a local file under data/raw/ (a train stage dependency)",
+           "train.grpo.rollout: vllm installed when asked for"]
 
 
 def check_inputs(cfg: RunConfig) -> None:
@@ -31,8 +38,16 @@ def check_inputs(cfg: RunConfig) -> None:
 
     modeling.check_model_location(cfg.model)
     data.local_data_file(cfg.prepare.train_path, data.PREPARE_PATH_FIX)
-    if cfg.train.method == "grpo" and cfg.train.grpo.train_path is not None:
-        data.local_data_file(cfg.train.grpo.train_path, data.GRPO_PATH_FIX)
+    if cfg.train.method == "grpo":
+        g = cfg.train.grpo
+        local = data.local_data_file(g.train_path, data.GRPO_PATH_FIX) if g.train_path is not None else None
+        if local is not None and not local.resolve().is_relative_to(GRPO_DATA_DIR.resolve()):
+            raise DataError(f"params.yaml: train.grpo.train_path: {g.train_path} is outside {GRPO_DATA_DIR}/, the "
+                            "directory dvc.yaml tracks for the train stage, so DVC would not retrain when it "
+                            f"changes (fix: move it under {GRPO_DATA_DIR}/ and point train.grpo.train_path there)")
+        if g.rollout == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ConfigError("params.yaml: train.grpo.rollout: vllm is not installed (fix: pip install vllm, "
+                              "or set train.grpo.rollout=auto)")
     for name, run in cfg.evaluate.benchmarks.items():
         try:
             benchmarks.benchmark_source(name, run.path, cfg.evaluate.spec_of(name, cfg.prompt(run.prompt).answer_format))

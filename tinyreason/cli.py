@@ -20,9 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tinyreason import chat
 
     chat.add_parser(sub)  # chat, solve
-    from tinyreason import grpo
+    from tinyreason import recipes
 
-    grpo.add_parser(sub)  # recipe (Tina GRPO presets)
+    recipes.add_parser(sub)  # recipe (Tina GRPO presets)
     from tinyreason import evaluation
 
     evaluation.add_parser(sub)  # compare

@@ -133,9 +133,13 @@ class GrpoSettings:
     # The half-cosine trick: train.max_steps sets the schedule's length, training stops here (null:
     # at max_steps). Tina: max_steps ~2x the real stop, so the lr is cut about halfway down.
     stop_at_step: int | None = field(default=None, metadata=_range(1))
-    # Rollouts: engine = tinyreason.generation's static-cache engine (CUDA); trl = TRL's HF generate;
-    # auto = engine on CUDA, trl on CPU.
-    rollout: str = field(default="auto", metadata=_range(choices=("auto", "engine", "trl")))
+    # Rollouts (tinyreason/rollout.py): engine = tinyreason.generation's paged engine (CUDA); trl = TRL's
+    # HF generate; auto = engine on CUDA, trl on CPU; vllm = TRL's vLLM integration (pip install vllm).
+    rollout: str = field(default="auto", metadata=_range(choices=("auto", "engine", "trl", "vllm")))
+    # rollout: vllm only. colocate: vLLM in the training process, taking vllm_gpu_memory_utilization of
+    # the GPU; server: a separate `trl vllm-serve` process (its memory share is its own flag).
+    vllm_mode: str = field(default="colocate", metadata=_range(choices=("colocate", "server")))
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata=_range(0.0, 1.0, lo_open=True))
     # Engine rollouts on a merged copy of the adapted weights (W + BA, refreshed every rollout) instead of
     # the unmerged LoRA model: no adapter matmuls per generated token. Off: the engine runs PEFT as is.
     merge_for_rollout: bool = True
@@ -533,7 +537,7 @@ def load_params_mapping(path: str | Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Recipe overlays (recipes/*.yaml): read here, like params.yaml; tinyreason.grpo turns them into commands
+# Recipe overlays (recipes/*.yaml): read here, like params.yaml; tinyreason.recipes turns them into commands
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from tinyreason import modeling, tracking
+from tinyreason.training_args import common_training_arguments
 from tinyreason.config import RunConfig
 from tinyreason.errors import TinyReasonError
 
@@ -330,27 +331,6 @@ def _fast_trainer_class():
 
 # ---------------------------------------------------------------------------------------------
 # Training
-
-
-BITSANDBYTES_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
-
-
-def common_training_arguments(cfg: RunConfig, output_dir: Path, optim: str | None = None) -> dict:
-    """The TrainingArguments the SFT and GRPO recipes share: seed, schedule, optimizer, saving,
-    logging, trackers and device. DVCLive is attached explicitly (with the stage's own directory);
-    report_to holds the other trackers of train.report_to (tracking.trainer_reporting)."""
-    t = cfg.train
-    optim = optim or t.optim
-    on_cuda = torch.cuda.is_available()
-    if optim in BITSANDBYTES_OPTIMIZERS and not on_cuda:
-        raise TinyReasonError(f"train.optim: {optim} (bitsandbytes) needs a CUDA GPU (fix: set "
-                              "train.optim=adamw_torch, or run the CPU profile: dvc exp run -S profile=cpu)")
-    return dict(output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, max_steps=t.max_steps,
-                learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps,
-                optim=optim, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-                save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-                logging_steps=t.logging_steps, use_cpu=not on_cuda, dataloader_num_workers=0,
-                **tracking.trainer_reporting(t.report_to))
 
 
 def build_sft_config(cfg: RunConfig, output_dir: Path, plan: SpeedPlan | None = None):
