@@ -103,7 +103,7 @@ class EngineRollout:
         self.engine = None
         self.shadow = None
 
-    def rollout_seed(self, global_step: int) -> int:
+    def _rollout_seed(self, global_step: int) -> int:
         """The rollout's sampling seed, from the optimizer step it is generated for: a run resumed
         from a checkpoint draws the same completions as one never interrupted (a call counter would
         restart at 0). One rollout per optimizer step (TRL's steps_per_generation = accumulation)."""
@@ -127,7 +127,7 @@ class EngineRollout:
                                            max_model_len=max(need, self.max_prompt_length + self.g.max_completion_length))
             self.eos_ids = eos_token_ids_of(model, tokenizer)
         completion_ids = self.engine.generate(prompt_ids, self.g.max_completion_length, temperature=self.g.temperature,
-                                              top_p=self.g.top_p, seed=self.rollout_seed(trainer.state.global_step),
+                                              top_p=self.g.top_p, seed=self._rollout_seed(trainer.state.global_step),
                                               eos_token_ids=self.eos_ids)
         return {"prompt_ids": [list(p) for p in prompt_ids], "completion_ids": [list(c) for c in completion_ids],
                 "logprobs": None}
