@@ -33,12 +33,10 @@ import time
 from pathlib import Path
 
 import torch
+from grpo import QWEN25_15B  # bench/grpo.py (this script's folder is on sys.path): the architecture's dims
 
 REPO = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]  # where pip installed dvc with --target, no `dvc` is on PATH
-QWEN25_15B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                  num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
-                  rope_theta=1e6, tie_word_embeddings=True, rms_norm_eps=1e-6)
 
 
 def build_model(tokenizer_dir: Path, out: Path) -> None:

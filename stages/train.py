@@ -33,8 +33,7 @@ def main() -> None:
     processes = distributed.maybe_relaunch(recipe, sys.argv[0], sys.argv[1:])
     cfg = distributed.per_rank_config(recipe, processes)  # the global batch split over the processes
     # GRPO's own local training file shapes training too: after an edit, start over, never resume
-    g = cfg.train.grpo
-    own = data.local_data_file(g.train_path, data.GRPO_PATH_FIX) if cfg.train.method == "grpo" and g.train_path else None
+    own = data.grpo_local_file(cfg)
     checkpoints = sft.checkpoint_dir_for(Path("checkpoints"), cfg, TRAIN, VAL, *filter(None, [own]))
     sft.check_device_support(cfg, checkpoints)
     state = distributed.process_state()  # None for one process

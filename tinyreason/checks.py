@@ -38,16 +38,16 @@ def check_inputs(cfg: RunConfig) -> None:
 
     modeling.check_model_location(cfg.model)
     data.local_data_file(cfg.prepare.train_path, data.PREPARE_PATH_FIX)
-    if cfg.train.method == "grpo":
-        g = cfg.train.grpo
-        local = data.local_data_file(g.train_path, data.GRPO_PATH_FIX) if g.train_path is not None else None
-        if local is not None and not local.resolve().is_relative_to(GRPO_DATA_DIR.resolve()):
-            raise DataError(f"params.yaml: train.grpo.train_path: {g.train_path} is outside {GRPO_DATA_DIR}/, the "
-                            "directory dvc.yaml tracks for the train stage, so DVC would not retrain when it "
-                            f"changes (fix: move it under {GRPO_DATA_DIR}/ and point train.grpo.train_path there)")
-        if g.rollout == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise ConfigError("params.yaml: train.grpo.rollout: vllm is not installed (fix: pip install vllm, "
-                              "or set train.grpo.rollout=auto)")
+    local = data.grpo_local_file(cfg)
+    if local is not None and not local.resolve().is_relative_to(GRPO_DATA_DIR.resolve()):
+        raise DataError(f"params.yaml: train.grpo.train_path: {cfg.train.grpo.train_path} is outside "
+                        f"{GRPO_DATA_DIR}/, the directory dvc.yaml tracks for the train stage, so DVC would not "
+                        f"retrain when it changes (fix: move it under {GRPO_DATA_DIR}/ and point "
+                        "train.grpo.train_path there)")
+    vllm_wanted = cfg.train.method == "grpo" and cfg.train.grpo.rollout == "vllm"
+    if vllm_wanted and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("params.yaml: train.grpo.rollout: vllm is not installed (fix: pip install vllm, "
+                          "or set train.grpo.rollout=auto)")
     for name, run in cfg.evaluate.benchmarks.items():
         try:
             benchmarks.benchmark_source(name, run.path, cfg.evaluate.spec_of(name, cfg.prompt(run.prompt).answer_format))

@@ -80,6 +80,15 @@ def local_data_file(spec: str, fix: str) -> Path | None:
     return path
 
 
+def grpo_local_file(cfg) -> Path | None:
+    """The local file GRPO trains on (train.grpo.train_path); None for SFT, for the prepared split
+    (train_path null) and for a hub dataset id. A missing file is a one-line DataError."""
+    g = cfg.train.grpo
+    if cfg.train.method != "grpo" or g.train_path is None:
+        return None
+    return local_data_file(g.train_path, GRPO_PATH_FIX)
+
+
 def read_training_rows(spec: str, hub_config: str | None, hub_split: str, fix: str) -> tuple[list, int]:
     """Raw rows of a local JSONL file or a hub dataset, and how many local lines were not JSON.
     `fix` completes the one-line error for a missing file (which param to set, to what)."""
