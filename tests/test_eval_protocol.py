@@ -175,8 +175,9 @@ def test_evaluate_stage_records_lengths_truncation_and_per_benchmark_samples(tmp
     proc = run_stage(work, "prepare")
     assert proc.returncode == 0, proc.stderr[-2000:]
     save_fresh_adapter(tiny_model_dir, work / "models" / "adapter")
-    proc = run_stage(work, "evaluate")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    for stage in ("evaluate_base", "evaluate"):
+        proc = run_stage(work, stage)
+        assert proc.returncode == 0, proc.stderr[-2000:]
 
     metrics = json.loads((work / "metrics.json").read_text())
     for bench, k in (("gsm8k", 1), ("aime24", 3)):

@@ -170,7 +170,7 @@ def _metrics_section(metrics: dict | None, cfg: RunConfig) -> list[str]:
 
 def _cost_section(root: Path) -> list[str]:
     rows = []
-    for stage in ("train", "evaluate"):
+    for stage in ("train", "evaluate_base", "evaluate"):
         cost = (_read_json(root / "metrics" / f"{stage}.json") or {}).get("cost")
         if cost:
             rows.append(f"| {stage} | {cost.get('device')} x {cost.get('num_gpus')} | {cost.get('wall_seconds')} "
