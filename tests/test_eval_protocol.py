@@ -193,3 +193,10 @@ def test_evaluate_stage_records_lengths_truncation_and_per_benchmark_samples(tmp
             m = metrics[bench][label]
             assert m["truncated_rate"] == 1.0 and m["mean_output_tokens"] == cap
             assert ("mean_at_3" in m) == (k == 3) and ("pass_at_3" in m) == (k == 3)
+        # Issue 26: the fresh adapter (B = 0) is the base model, and evaluate samples it in its own process
+        # after evaluate_base sampled the base model in another: the same seeds give the same answers.
+        answers = {label: {(p["id"], p["sample"]): p["output"] for p in preds if p["model"] == label}
+                   for label in ("base", "adapter")}
+        assert answers["base"] == answers["adapter"], bench
+    aime = answers["base"]  # the last benchmark's, aime24: its 3 samples really differ
+    assert any(len({aime[pid, s] for s in range(3)}) > 1 for pid, _ in aime)
