@@ -261,6 +261,22 @@ def test_evaluate_adapter_none_scores_the_base_model_alone(work, tiny_model_dir,
     assert {p["model"] for p in predictions} == {"base"}
 
 
+def test_evaluate_base_false_scores_the_adapter_alone(work, tiny_model_dir, monkeypatch, capsys):
+    """evaluate.evaluate_base: false keeps its meaning with the base model in its own stage: evaluate_base
+    generates nothing (an empty base_eval/) and metrics.json has the adapter alone, no paired test."""
+    set_params(work, tiny_model_dir, evaluate={"evaluate_base": False})
+    save_fresh_adapter(tiny_model_dir, work / "models" / "adapter")
+    for stage in ("evaluate_base", "evaluate"):
+        code, err = call_stage(work, stage, monkeypatch, capsys)
+        assert code == 0, (stage, err)
+    assert json.loads((work / "base_eval" / "metrics.json").read_text()) == {}
+    assert not (work / "base_eval" / "predictions").exists()
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert set(metrics["gsm8k"]) == {"adapter"} and metrics["gsm8k"]["adapter"]["n"] == 2
+    predictions = [json.loads(line) for line in (work / "predictions" / "gsm8k.jsonl").read_text().splitlines()]
+    assert {p["model"] for p in predictions} == {"adapter"}
+
+
 def test_evaluate_adapter_without_safetensors(work, tiny_model_dir, monkeypatch, capsys):
     adapter = fake_adapter(work, str(tiny_model_dir))
     (adapter / "adapter_model.safetensors").rename(adapter / "adapter_model.bin")
