@@ -1,7 +1,7 @@
 """DVC stage `evaluate`: the base model + adapter on data/prepared/test.jsonl, paired with the base
-model's own answers from the evaluate_base stage (base_eval/) -> metrics.json (per benchmark, with intervals and a
-paired test), predictions/<benchmark>.jsonl (both models), metrics/evaluate.json (cost of scoring the
-adapter), dvclive/eval/ (accuracy per benchmark)."""
+model's own answers from the evaluate_base stage (base_eval/) -> metrics.json (per benchmark, with
+intervals and a paired test), predictions/<benchmark>.jsonl (both models), metrics/evaluate.json (the
+cost of scoring the adapter), dvclive/eval/ (accuracy per benchmark)."""
 
 import logging
 import sys

@@ -51,10 +51,12 @@ def load_test_rows(path: Path) -> list[dict]:
 
 
 def score_model(model, tokenizer, cfg: RunConfig, rows: list[dict], label: str, source: Path) -> list[dict]:
-    """predict() after the context check, then free the model (pass it straight from the loader)."""
+    """predict() after the context check, then free the model's memory (pass the model straight from the
+    loader: this function then holds its last reference)."""
     check_fits_context(model, tokenizer, cfg, rows, source)
     records = predict(model, tokenizer, cfg, rows, label)
-    free_model(model)
+    del model
+    release_memory()
     return records
 
 
@@ -175,8 +177,7 @@ def load_base_records(results: Path, cfg: RunConfig, test_path: Path) -> list[di
             for line in path.read_text().splitlines() if line.strip()]
 
 
-def free_model(model) -> None:
-    del model
+def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
