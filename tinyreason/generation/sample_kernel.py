@@ -34,8 +34,8 @@ def _gumbel(base, idx):
 def _race(row, base, t, pivot, V: tl.constexpr, BLOCK: tl.constexpr):
     """argmax over tokens with z > pivot of z + gumbel (z = logit / t)."""
     offs = tl.arange(0, BLOCK)
-    best_key = -float("inf")
-    best_idx = 0
+    best_key = tl.full([], -float("inf"), tl.float32)  # loop-carried: typed tensors from the start
+    best_idx = tl.full([], 0, tl.int32)
     for start in range(0, V, BLOCK):
         idx = start + offs
         z = tl.load(row + idx, mask=idx < V, other=-float("inf")).to(tl.float32) / t
@@ -70,8 +70,8 @@ def _sample(LOGITS, stride, SEEDS, POS, TEMP, TOP_P, OUT, V: tl.constexpr, BLOCK
     t = tl.load(TEMP)
     offs = tl.arange(0, BLOCK)
     # pass 1: the race over every token, and (top-p) per-lane running max / denominator
-    best_key = -float("inf")
-    best_idx = 0
+    best_key = tl.full([], -float("inf"), tl.float32)  # loop-carried: typed tensors from the start
+    best_idx = tl.full([], 0, tl.int32)
     m_vec = tl.full([BLOCK], -float("inf"), tl.float32)
     s_vec = tl.zeros([BLOCK], tl.float32)
     for start in range(0, V, BLOCK):
