@@ -213,9 +213,11 @@ GENERATION_JOBS = {"check": job_check, "sampler": job_sampler, "decode": job_dec
                    "generate_batch": job_generate_batch, "profile": job_profile, "math500": job_math500,
                    "math500_tenth": lambda m, bw, fl: job_math500(m, bw, fl, scale=0.1)}
 # GRPO jobs: bench/grpo.py workers (variant, workload, steps)
+# (steps: the first includes compiles and graph captures, the median of the rest is reported; one
+# step is reported as is, for the slowest anchors)
 GRPO_JOBS = {"grpo8": ("tinyreason-fast", "8x8x512", 4), "grpo8_trl_cb": ("trl-continuous-batching", "8x8x512", 2),
-             "grpo8_trl_hf": ("trl-hf-generate", "8x8x512", 2), "open_rs2": ("tinyreason", "open-rs2", 3),
-             "open_rs2_trl_cb": ("trl-continuous-batching", "open-rs2", 2)}
+             "grpo8_trl_hf": ("trl-hf-generate", "8x8x512", 1), "open_rs2": ("tinyreason", "open-rs2", 3),
+             "open_rs2_trl_cb": ("trl-continuous-batching", "open-rs2", 1)}
 
 
 def run_worker(job: str, tree: Path, out_dir: Path) -> dict:
@@ -226,8 +228,20 @@ def run_worker(job: str, tree: Path, out_dir: Path) -> dict:
     assert Path(tinyreason.generation.__file__).is_relative_to(tree.resolve()), tinyreason.generation.__file__
     sys.path.insert(1, str(REPO / "bench"))
     model, bw, flops = model_and_device()
-    fn = GENERATION_JOBS[job]
-    return fn(model, bw, flops, out_dir) if job == "profile" else fn(model, bw, flops)
+    results = {"copy_bandwidth_tb_s": round(bw / 1e12, 3), "matmul_tflop_s": round(flops / 1e12)}
+    for name in job.split("+"):  # one model build for several jobs
+        fn = GENERATION_JOBS[name]
+        t0 = time.perf_counter()
+        try:
+            results[name] = fn(model, bw, flops, out_dir) if name == "profile" else fn(model, bw, flops)
+        except Exception as exc:  # noqa: BLE001 - recorded; the next job still runs
+            import traceback
+
+            traceback.print_exc()
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:600]}
+        print(f"RESULT-PART {name} {time.perf_counter() - t0:.1f} s", flush=True)
+        (out_dir / f"partial-{job.replace('+', '_')}.json").write_text(json.dumps(results, indent=1))
+    return results
 
 
 def main() -> None:
@@ -265,6 +279,7 @@ def main() -> None:
             rollout = "trl" if variant.startswith("trl") else "engine"
             if which == "base":
                 variant = "tinyreason-fast" if workload == "8x8x512" else "tinyreason"
+                steps = min(steps, 2 if workload == "open-rs2" else steps)
             work = Path("/tmp/rl-scale-grpo")
             if not (work / "train.jsonl").is_file():
                 subprocess.run([sys.executable, str(REPO / "bench" / "grpo.py"), "--work", str(work), "--assets-only"],
@@ -285,8 +300,11 @@ def main() -> None:
                 result = json.loads(result_file.read_text())
             else:
                 result = json.loads(next(l for l in proc.stdout.splitlines()[::-1] if l.startswith("RESULT "))[7:])
-        except subprocess.TimeoutExpired as exc:
-            result = {"error": f"timed out after {limit} s", "stdout_tail": (exc.stdout or b"")[-2000:].decode(errors="replace") if isinstance(exc.stdout, bytes) else str(exc.stdout)[-2000:]}
+        except subprocess.TimeoutExpired as exc:  # what the worker finished is in its partial file
+            partial = args.out / f"partial-{key.replace('+', '_')}.json"
+            out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else str(exc.stdout or "")
+            result = {"error": f"timed out after {limit} s", "stdout_tail": out[-2000:],
+                      "partial": json.loads(partial.read_text()) if partial.is_file() else None}
         report["runs"][job] = {"result": result, "wall_s": round(time.perf_counter() - t0, 1),
                                "commit": base_commit if which == "base" else commit}
         (args.out / name).write_text(json.dumps(report, indent=1))
