@@ -68,11 +68,11 @@ def single_stage_evaluation(repo: Path) -> tuple[dict, dict]:
     from tinyreason import evaluation, modeling
     from tinyreason.config import load_config
 
-    cfg = load_config("params.yaml")
-    rows = evaluation.load_test_rows(Path("data/prepared/test.jsonl"))
+    cfg = load_config(repo / "params.yaml")  # the scratch repo's (the test runs there)
+    rows = evaluation.load_test_rows(repo / "data/prepared/test.jsonl")
     tokenizer = modeling.load_tokenizer(cfg.model)
     records = {"base": evaluation.predict(modeling.load_base_model(cfg.model), tokenizer, cfg, rows, "base")}
-    adapter = modeling.load_adapter_model(cfg.model, Path("models/adapter"), merge=True)
+    adapter = modeling.load_adapter_model(cfg.model, repo / "models/adapter", merge=True)
     records["adapter"] = evaluation.predict(adapter, tokenizer, cfg, rows, "adapter")
     samples = {r["benchmark"]: cfg.evaluate.samples_of(r["benchmark"]) for r in rows}
     return json.loads(json.dumps(evaluation.build_metrics(records, samples))), records
