@@ -165,7 +165,7 @@ def test_no_secret_in_any_file_of_killed_and_resumed_runs(runs):
 def test_incomplete_newest_checkpoint_is_skipped(tmp_path, monkeypatch):
     """A checkpoint killed while being written (no or truncated trainer_state.json) is removed, so
     the run resumes from the newest complete one instead of starting over."""
-    from tinyreason import sft
+    from tinyreason import checkpoints
 
     root = tmp_path / "ckpt"
     (root / "checkpoint-2").mkdir(parents=True)
@@ -175,9 +175,9 @@ def test_incomplete_newest_checkpoint_is_skipped(tmp_path, monkeypatch):
         (root / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"x")
         if state is not None:
             (root / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
-    sft.drop_incomplete_checkpoints(root)
+    checkpoints.drop_incomplete_checkpoints(root)
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2"]  # and no truncated speed plan
-    assert sft.last_checkpoint(root) == str(root / "checkpoint-2")
+    assert checkpoints.last_checkpoint(root) == str(root / "checkpoint-2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ def test_rerunning_a_finished_train_stage_gives_the_same_outputs(tmp_path, tiny_
 
 
 def test_finished_run_checkpoints_are_dropped_unfinished_kept(tmp_path):
-    from tinyreason import sft
+    from tinyreason import checkpoints
     from tinyreason.config import config_from_dict
 
     def cfg(max_steps: int):
@@ -335,7 +335,7 @@ def test_finished_run_checkpoints_are_dropped_unfinished_kept(tmp_path):
     for step in (2, 4):
         (root / f"checkpoint-{step}").mkdir(parents=True)
         (root / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    sft.drop_finished_run(root, cfg(6))  # not finished: a rerun resumes from step 4
-    assert sft.last_checkpoint(root) == str(root / "checkpoint-4")
-    sft.drop_finished_run(root, cfg(4))  # finished at its max_steps: a rerun starts over
-    assert not root.exists() and sft.last_checkpoint(root) is None
+    checkpoints.drop_finished_run(root, cfg(6))  # not finished: a rerun resumes from step 4
+    assert checkpoints.last_checkpoint(root) == str(root / "checkpoint-4")
+    checkpoints.drop_finished_run(root, cfg(4))  # finished at its max_steps: a rerun starts over
+    assert not root.exists() and checkpoints.last_checkpoint(root) is None

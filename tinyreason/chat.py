@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinyreason import paths
 from tinyreason.errors import TinyReasonError
 from tinyreason.grading import extract_answer
 
@@ -179,7 +180,7 @@ def resolve_adapter(cfg, params: str | Path, adapter: str | None, base_only: boo
             raise TinyReasonError(f"--adapter {path}: no LoRA adapter there ({ADAPTER_CONFIG} missing) (fix: "
                                   "pass the directory the train stage wrote, models/adapter, or use --base-only)")
     else:
-        path = Path(params).parent / "models" / "adapter"
+        path = Path(params).parent / paths.ADAPTER
         if not (path / ADAPTER_CONFIG).is_file():
             raise TinyReasonError(f"{path}: no trained adapter yet (fix: train one with `dvc repro train`, or on "
                                   "CPU `dvc exp run -S profile=cpu`; or pass --adapter PATH, or --base-only to "

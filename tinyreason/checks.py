@@ -14,10 +14,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from tinyreason import paths
 from tinyreason.config import RunConfig, load_config
 from tinyreason.errors import ConfigError, DataError
 
-PASSED = Path("checks/passed.json")
 # Where a local train.grpo.train_path must live: the train stage's DVC dependency in dvc.yaml. DVC
 # deps cannot depend on params, so the stage declares this directory and the check refuses a file
 # elsewhere (DVC would not rerun training when it changed).
@@ -34,7 +34,7 @@ CHECKED = ["params.yaml: keys, types, ranges, the active profile and cross-refer
 
 def check_inputs(cfg: RunConfig) -> None:
     """Everything a stage would refuse later, refused now (same checks, one-line errors)."""
-    from tinyreason import benchmarks, data, modeling, sft, tracking
+    from tinyreason import benchmarks, data, modeling, tracking, training
 
     modeling.check_model_location(cfg.model)
     data.local_data_file(cfg.prepare.train_path, data.PREPARE_PATH_FIX)
@@ -53,11 +53,11 @@ def check_inputs(cfg: RunConfig) -> None:
             benchmarks.benchmark_source(name, run.path, cfg.evaluate.spec_of(name, cfg.prompt(run.prompt).answer_format))
         except DataError as exc:
             raise DataError(f"params.yaml: evaluate.benchmarks.{name}.path: {exc}") from None
-    sft.check_device_support(cfg, Path("checkpoints"))
+    training.check_device_support(cfg, paths.CHECKPOINTS)
     tracking.check_trackers_installed(cfg.train.report_to)
 
 
-def check_run(params: str | Path = "params.yaml") -> RunConfig:
+def check_run(params: str | Path = paths.PARAMS) -> RunConfig:
     cfg = load_config(params)
     check_inputs(cfg)
     return cfg

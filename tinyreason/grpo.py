@@ -7,7 +7,7 @@ of tinyreason/rewards.py -> train (resuming from the last complete checkpoint) -
 saves the adapter. Checkpoints are never chosen on test data: the run's last step is the result.
 
 Public API:
-    train_grpo(cfg, train_file, checkpoint_dir, live=None, reward_funcs=None) -> sft.TrainResult
+    train_grpo(cfg, train_file, checkpoint_dir, live=None, reward_funcs=None) -> training.TrainResult
     load_problems(cfg, prepared_train) -> list[dict]        question/answer rows, leak-checked
     build_dataset(cfg, tokenizer, rows) -> datasets.Dataset  prompt/answer/answer_format columns
     build_grpo_config(cfg, output_dir) -> trl.GRPOConfig
@@ -25,24 +25,23 @@ What TRL logs (and so DVCLive plots under dvclive/train/plots/metrics/train/):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 from pathlib import Path
 
-import torch
 from transformers import TrainerCallback
 
-from tinyreason import benchmarks, modeling, rollout
+from tinyreason import benchmarks, modeling, rollout, sources
+from tinyreason.checkpoints import last_checkpoint
 from tinyreason.config import RunConfig
 from tinyreason.errors import DataError
-from tinyreason.sft import TrainResult
-from tinyreason.training_args import common_training_arguments
+from tinyreason.training import TrainResult, common_training_arguments, precision_flags, training_metrics
 
 log = logging.getLogger(__name__)
 
 _QUESTION_FIELDS = ("problem", "question", "prompt", "Question")
+PREPARED_FIX = "rerun the prepare stage, `dvc repro prepare`"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,7 +79,7 @@ def load_problems(cfg: RunConfig, prepared_train: Path) -> list[dict]:
         source = str(prepared_train)
         if not Path(prepared_train).is_file():
             raise DataError(f"{prepared_train}: not found (fix: run the prepare stage, or set train.grpo.train_path)")
-        raw = [json.loads(line) for line in Path(prepared_train).read_text().splitlines() if line.strip()]
+        raw = sources.read_jsonl(prepared_train, PREPARED_FIX)
     else:
         source = g.train_path
         from tinyreason.data import GRPO_PATH_FIX, read_training_rows
@@ -133,8 +132,6 @@ def build_grpo_config(cfg: RunConfig, output_dir: Path):
     from trl import GRPOConfig
 
     t, g = cfg.train, cfg.train.grpo
-    dtype = modeling.compute_dtype(cfg.model)
-    on_cuda = torch.cuda.is_available()
     scheduler_kwargs = {"min_lr_rate": g.min_lr_rate} if t.lr_scheduler_type == "cosine_with_min_lr" else None
     return GRPOConfig(
         **common_training_arguments(cfg, output_dir),
@@ -145,8 +142,7 @@ def build_grpo_config(cfg: RunConfig, output_dir: Path):
         logging_first_step=True,
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        bf16=on_cuda and dtype == torch.bfloat16,
-        fp16=on_cuda and dtype == torch.float16,
+        **precision_flags(cfg),
         # GRPO
         num_generations=g.num_generations,
         max_completion_length=g.max_completion_length,
@@ -219,17 +215,12 @@ def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None
 
     GRPO keeps no eval loss (the last step is the result), so it takes no validation file.
     """
-    from tinyreason.sft import _step_of, last_checkpoint
-
     trainer = build_trainer(cfg, train_file, checkpoint_dir, live, reward_funcs)
     resume = last_checkpoint(checkpoint_dir)
     if resume:
         log.info("resuming from %s", resume)
     output = trainer.train(resume_from_checkpoint=resume)
-    state = trainer.state
-    history = [e for e in state.log_history if "reward" in e]
-    trainable, total = trainer.model.get_nb_trainable_parameters()
-    runtime = output.metrics.get("train_runtime", 0.0)
+    history = [e for e in trainer.state.log_history if "reward" in e]
 
     def last(key):
         vals = [e[key] for e in history if key in e]
@@ -237,20 +228,14 @@ def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None
 
     metrics = {
         "method": "grpo",
-        "steps": state.global_step,
+        **training_metrics(trainer, output, resume),
         "best_eval_loss": None,  # GRPO: no eval loss; the last checkpoint is the result
         "final_reward": last("reward"),
         "final_rewards": {name: last(f"rewards/{name}/mean") for name in trainer.reward_func_names},
         "final_completion_mean_length": last("completions/mean_length"),
         "final_clipped_ratio": last("completions/clipped_ratio"),
         "final_kl": last("kl"),
-        "train_runtime_seconds": round(runtime, 2),
-        "train_tokens": int(state.num_input_tokens_seen),
-        "train_tokens_per_second": round(state.num_input_tokens_seen / runtime, 1) if runtime else None,
-        "trainable_parameters": int(trainable),
-        "total_parameters": int(total),
         "train_problems": len(trainer.train_dataset),
         "rollout": rollout.rollout_kind(cfg),
-        "resumed_from_step": _step_of(resume),
     }
     return TrainResult(trainer=trainer, metrics=metrics)
