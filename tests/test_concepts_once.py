@@ -57,9 +57,13 @@ def test_answer_format_lists_are_defined_once():
 
 
 def test_reward_names_are_defined_once():
-    assert rewards.REWARD_NAMES is config.GRPO_REWARDS
-    for name in config.GRPO_REWARDS:
+    """rewards.REWARDS is the one registry: config validates against it, tracking plots each reward's curve."""
+    from tinyreason import tracking
+
+    assert config.REWARDS is rewards.REWARDS
+    for name in rewards.REWARDS:
         assert rewards.reward_function(name).__name__ == name
+        assert f"train/rewards/{name}/mean" in tracking.PLOTTED_CURVES
 
 
 def test_recipe_overlays_are_read_through_config(tmp_path):

@@ -78,7 +78,7 @@ class BenchmarkSpec:
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     spec.name: spec
     for spec in (
-        BenchmarkSpec("gsm8k", "data/benchmarks/gsm8k/test.jsonl", "final_answer", None,
+        BenchmarkSpec("gsm8k", "data/benchmarks/gsm8k/test.jsonl", FINAL_ANSWER, None,
                       "openai/gsm8k", "main", "test", "GSM8K test, 1319 grade-school word problems"),
         BenchmarkSpec("math500", "data/benchmarks/math500/test.jsonl", "boxed", None,
                       "HuggingFaceH4/MATH-500", None, "test", "MATH-500 (PRM800K test split), LaTeX answers"),
@@ -93,7 +93,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         BenchmarkSpec("gpqa_diamond", None, "choice", None, GPQA_HUB_ID, GPQA_CONFIG, "train",
                       "GPQA-Diamond, 198 multiple-choice science questions (gated, not vendored)"),
         # The CPU profile's learning task (tinyreason/addition.py): held-out problems of what it trains on.
-        BenchmarkSpec("addition", "data/benchmarks/addition/test.jsonl", "final_answer", None, None, None, "test",
+        BenchmarkSpec("addition", "data/benchmarks/addition/test.jsonl", FINAL_ANSWER, None, None, None, "test",
                       "single-digit addition, 32 held-out problems (generated; the CPU profile's task)"),
     )
 }

@@ -15,7 +15,7 @@ from pathlib import Path
 from tinyreason import paths
 from tinyreason.config import RunConfig, config_to_dict, load_config
 from tinyreason.errors import TinyReasonError
-from tinyreason.modeling import ADAPTER_CONFIG
+from tinyreason.paths import ADAPTER_CONFIG
 
 DTYPES = ("bfloat16", "float16", "float32")
 TRAIN_PARAMS = ("method", "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps",

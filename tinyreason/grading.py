@@ -51,14 +51,14 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from tinyreason.errors import TinyReasonError
-from tinyreason.formats import ANSWER_FORMATS, BOXED, CHOICE, FINAL_ANSWER  # noqa: F401 - re-exported
+from tinyreason.formats import (ANSWER_FORMATS, BOXED, CHOICE, FINAL_ANSWER,  # noqa: F401 - re-exported
+                                FINAL_ANSWER_MARKER, THINK_CLOSE, THINK_OPEN)
 
 if TYPE_CHECKING:
     from tinyreason.benchmarks import Problem
 
 logger = logging.getLogger(__name__)
 
-FINAL_ANSWER_MARKER = "**Final Answer:**"
 # Per math-verify call (parse of gold, parse of prediction, verify). math-verify's own default is 5 s; every
 # MATH500/Minerva reference answer grades in well under 0.5 s, so 5 s only ever trips on pathological input.
 TIMEOUT_SECONDS = 5
@@ -88,7 +88,6 @@ _FINAL_ANSWER_RE = re.compile(
     r"|(?P<plain>^[ \t>#]*final\s+answer\s*:)", re.IGNORECASE | re.MULTILINE)
 # Special tokens a decoder may leave in the text (`12<|im_end|>`, `12</s>`): never part of an answer.
 _SPECIAL_TOKEN_RE = re.compile(r"<\|[A-Za-z0-9_]+\|>|</s>|<s>|<eos>|<pad>|<end_of_turn>|<\|eot_id\|>")
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOXED_SPACE_RE = re.compile(r"\\boxed +([^\s$}{]+)")
 
@@ -544,7 +543,7 @@ def _extract_in_order(completion: str, answer_format: str) -> tuple[str | None, 
     return fallback(completion), False
 
 
-def extract_answer(completion: str, answer_format: str = "final_answer") -> str | None:
+def extract_answer(completion: str, answer_format: str = FINAL_ANSWER) -> str | None:
     """The answer a completion gives, looked for where and in the order grading uses."""
     region = answer_region(strip_special_tokens(completion or ""))
     return None if region is None else _extract_in_order(region, answer_format)[0]

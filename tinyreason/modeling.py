@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from tinyreason.config import LoraSettings, ModelConfig
+from tinyreason.paths import ADAPTER_CONFIG
 from tinyreason.errors import TinyReasonError
 
 log = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def resolve_model_location(cfg: ModelConfig) -> str:
@@ -215,7 +215,7 @@ def stabilise_adapter_config(adapter_dir: Path) -> None:
     """Write adapter_config.json's target_modules sorted. PEFT keeps them as a set and saves it in
     hash order, which changes from process to process: the same training run gave different
     adapter bytes, so DVC saw a new models/adapter and reran evaluate."""
-    path = Path(adapter_dir) / "adapter_config.json"
+    path = Path(adapter_dir) / ADAPTER_CONFIG
     config = json.loads(path.read_text())
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])

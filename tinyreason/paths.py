@@ -11,6 +11,7 @@ CHECK_PASSED = Path("checks/passed.json")
 PREPARED = Path("data/prepared")
 PREPARED_TRAIN, PREPARED_VAL, PREPARED_TEST = (PREPARED / f"{split}.jsonl" for split in ("train", "val", "test"))
 ADAPTER = Path("models/adapter")
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's file in an adapter directory: its presence marks one
 EXPORT = Path("models/export")
 CHECKPOINTS = Path("checkpoints")
 PREDICTIONS = Path("predictions")

@@ -8,6 +8,7 @@ through the model tokenizer's own chat template, so the same code serves Qwen, S
 from __future__ import annotations
 
 from tinyreason.config import PromptConfig
+from tinyreason.formats import THINK_CLOSE
 
 
 def build_messages(prompt: PromptConfig, question: str) -> list[dict[str, str]]:
@@ -27,7 +28,7 @@ def render_generation_prompt(tokenizer, prompt: PromptConfig, question: str) -> 
 
 def render_target(prompt: PromptConfig, reasoning: str, answer: str) -> str:
     """The assistant turn SFT teaches: `<think>\\n{reasoning}\\n</think>\\n**Final Answer:** {answer}`."""
-    return (f"{prompt.think_prefix}{reasoning.strip()}\n</think>\n"
+    return (f"{prompt.think_prefix}{reasoning.strip()}\n{THINK_CLOSE}\n"
             f"{prompt.answer_template.format(answer=answer)}")
 
 

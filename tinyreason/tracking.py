@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from transformers import TrainerCallback
 
 from tinyreason.errors import ConfigError
+from tinyreason.rewards import REWARDS
 
 # Trainer's end-of-run summary keys (train_runtime, ...) are totals, not curves.
 _SUMMARY_PREFIX = "train_"
@@ -79,7 +80,7 @@ def replay_history(live, checkpoint: str | None) -> None:
 # and only the rewards it uses.
 PLOTTED_CURVES = (
     "train/loss", "eval/loss", "train/learning_rate",
-    "train/reward", "train/rewards/format/mean", "train/rewards/accuracy/mean", "train/rewards/cosine/mean",
+    "train/reward", *(f"train/rewards/{name}/mean" for name in REWARDS),
     "train/completions/mean_length", "train/completions/clipped_ratio", "train/kl",
 )
 
