@@ -8,12 +8,12 @@ The other trackers of train.report_to (wandb, mlflow, ...) are transformers' own
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
-
-from transformers import TrainerCallback
 
 from tinyreason.errors import ConfigError
 from tinyreason.rewards import REWARDS
@@ -22,23 +22,37 @@ from tinyreason.rewards import REWARDS
 _SUMMARY_PREFIX = "train_"
 
 
-class LiveMetricsCallback(TrainerCallback):
-    def __init__(self, live):
-        self.live = live
+@functools.cache
+def _live_metrics_callback_class():
+    """The callback class, built on first use: transformers is imported only by the stages that train
+    (the check stage imports this module for `check_trackers_installed`)."""
+    from transformers import TrainerCallback
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        self.live.step = state.global_step
-        for key, value in logs.items():
-            if key.startswith(_SUMMARY_PREFIX) or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            name = "eval/" + key[len("eval_"):] if key.startswith("eval_") else f"train/{key}"
-            self.live.log_metric(name, value)
+    class LiveMetricsCallback(TrainerCallback):
+        def __init__(self, live):
+            self.live = live
 
-    def on_train_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.live.make_summary()
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            self.live.step = state.global_step
+            for key, value in logs.items():
+                if key.startswith(_SUMMARY_PREFIX) or isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                name = "eval/" + key[len("eval_"):] if key.startswith("eval_") else f"train/{key}"
+                self.live.log_metric(name, value)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.live.make_summary()
+
+    return LiveMetricsCallback
+
+
+def __getattr__(name: str):  # `tracking.LiveMetricsCallback`, built on first use (PEP 562)
+    if name == "LiveMetricsCallback":
+        return _live_metrics_callback_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def trainer_reporting(report_to: list[str]) -> dict:
@@ -53,10 +67,13 @@ def trainer_reporting(report_to: list[str]) -> dict:
 
 
 def check_trackers_installed(report_to: list[str]) -> None:
-    """Each tracker named is one transformers can use here (its own availability test)."""
-    from transformers.integrations import get_available_reporting_integrations
+    """Each tracker named is one transformers can use here (its own availability test; dvclive, the
+    default, by the same test transformers makes, without importing transformers)."""
+    available = {"dvclive"} if importlib.util.find_spec("dvclive") is not None else set()
+    if any(name != "dvclive" for name in report_to):
+        from transformers.integrations import get_available_reporting_integrations
 
-    available = get_available_reporting_integrations()
+        available |= set(get_available_reporting_integrations())
     for name in report_to:
         if name not in available:
             raise ConfigError(f"params.yaml: train.report_to: {name} is not installed (fix: pip install {name}, "
@@ -67,7 +84,7 @@ def replay_history(live, checkpoint: str | None) -> None:
     """Log the curves up to `checkpoint` again: a resumed run's DVCLive directory starts empty."""
     if not checkpoint:
         return
-    callback = LiveMetricsCallback(live)
+    callback = _live_metrics_callback_class()(live)
     for entry in json.loads((Path(checkpoint) / "trainer_state.json").read_text())["log_history"]:
         logs = {k: v for k, v in entry.items() if k != "step"}
         callback.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=entry["step"]), None, logs=logs)

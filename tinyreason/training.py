@@ -64,8 +64,8 @@ def check_device_support(cfg: RunConfig, checkpoints: Path) -> None:
     """4-bit weights and 8-bit optimizers need CUDA: say so before anything is written."""
     from tinyreason import modeling
 
-    if cuda_available():
-        return
+    if not (cfg.model.load_in_4bit or cfg.train.optim in BITSANDBYTES_OPTIMIZERS) or cuda_available():
+        return  # (nothing asked needs CUDA: torch is not even imported)
     modeling.quantization_config(cfg.model)  # one-line error when model.load_in_4bit asks for NF4
     common_training_arguments(cfg, checkpoints)  # one-line error for a bitsandbytes optimizer
 
