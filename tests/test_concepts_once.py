@@ -1,4 +1,4 @@
-"""Issue 17.5: concepts defined once.
+"""Concepts defined once.
 
 - benchmarks.py owns GSM8K answer parsing, question keys and the one training-vs-test leak check, which
   prepare and GRPO both run with the same scope (every vendored benchmark, plus the run's own test sets);

@@ -274,7 +274,7 @@ def test_unknown_answer_format():
         answers_match("x", "1", "essay")
 
 
-# ---------------------------------------------------------------------------------------------- issue 17.2
+# ---------------------------------------------------------------------------- real model outputs
 # Real model outputs the grader got wrong. Each case is graded through grade_answer, as evaluation does.
 
 @pytest.mark.parametrize("completion", [

@@ -1,4 +1,4 @@
-"""Issue 9, reliability: a train stage killed with SIGKILL resumes from its last complete checkpoint
+"""Reliability: a train stage killed with SIGKILL resumes from its last complete checkpoint
 and ends bit-identical to an uninterrupted run; a killed or failing stage never leaves an output
 that looks complete; outputs.atomic_* leave nothing behind when a write fails midway.
 
@@ -282,7 +282,7 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 14.4: rerunning a finished train stage gives the same outputs as the first run
+# Rerunning a finished train stage gives the same outputs as the first run
 
 
 def train_outputs(work: Path) -> dict:
