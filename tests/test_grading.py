@@ -9,7 +9,6 @@ from tinyreason import grading
 from tinyreason.errors import TinyReasonError
 from tinyreason.grading import (
     Grade,
-    answers_match,
     extract_boxed_answer,
     extract_final_answer,
     grade_answer,
@@ -270,8 +269,6 @@ def test_grade_choice(completion, extracted, correct, formatted):
 def test_unknown_answer_format():
     with pytest.raises(TinyReasonError, match="answer_format"):
         grade_answer("x", "1", "essay")
-    with pytest.raises(TinyReasonError, match="answer_format"):
-        answers_match("x", "1", "essay")
 
 
 # ---------------------------------------------------------------------------- real model outputs
