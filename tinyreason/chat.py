@@ -249,18 +249,9 @@ class Solver:
                                                   pad_token_id=tokenizer.pad_token_id)
 
     def prompt_text(self, question: str, history: list[tuple[str, str]] = ()) -> str:
-        from tinyreason.prompts import build_messages, render_generation_prompt
+        from tinyreason.prompts import render_generation_prompt
 
-        if not history:
-            return render_generation_prompt(self.tokenizer, self.prompt, question)
-        messages = build_messages(self.prompt, question)
-        turns = []
-        for past_question, past_completion in history:
-            turns.append({"role": "user", "content": self.prompt.user_template.format(question=past_question)})
-            turns.append({"role": "assistant", "content": self.prompt.think_prefix + past_completion})
-        messages = messages[:-1] + turns + messages[-1:]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text + self.prompt.think_prefix
+        return render_generation_prompt(self.tokenizer, self.prompt, question, history)
 
     def _inputs(self, text: str):
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
