@@ -39,7 +39,7 @@ def qwen_1_5b(tmp_path_factory) -> sft.ModelDims:
     out = tmp_path_factory.mktemp("qwen2.5-1.5b-config")
     Qwen2Config(**QWEN25_15B).save_pretrained(out)
     dims = sft.model_dims(ModelConfig(name_or_path=str(out)))
-    assert dims is not None and dims.n_params == 1_543_714_304 and dims.vocab == 151936
+    assert dims is not None and dims.n_params == 1_543_714_304 and dims.vocab == QWEN25_15B["vocab_size"]
     return dims
 
 

@@ -258,7 +258,7 @@ def model_card(cfg: RunConfig, trained: dict, root: Path, dtype: str, repo_id: s
                          datasets=[source] if _hub_id(source) else None,
                          tags=["tinyreason", "lora", "merged", method, "math", "reasoning"])
     base = model["name_or_path"] + (f" ({model['gguf_file']})" if model.get("gguf_file") else "")
-    name = repo_id or "models/export"
+    name = repo_id or paths.EXPORT.as_posix()
     title = repo_id.split("/")[-1] if repo_id else f"{Path(model['name_or_path']).name}, tinyreason {method}"
     body = [
         f"# {title}", "",
