@@ -169,11 +169,11 @@ class TrainConfig:
     # Loss on the assistant turn only (TRL prompt-completion); false trains on the prompt too.
     completion_only_loss: bool = True
     gradient_checkpointing: bool = True
-    # How SFT runs (tinyreason/sft.py). faithful: the seed stack as configured (TRL SFTTrainer, QLoRA
-    # when model.load_in_4bit, micro-batch x accumulation as set). fast: the same optimisation problem
-    # (effective batch, token-normalised loss, lr schedule, data order, seed) planned for speed:
-    # micro-batch = effective batch and bf16 LoRA when GPU memory allows, padding-free batches, a
-    # lean loss over completion tokens, no cuDNN attention; see `sft.plan_speed`.
+    # The settings TRL's SFTTrainer runs with (tinyreason/sft.py). faithful: the seed stack as configured
+    # (QLoRA when model.load_in_4bit, micro-batch x accumulation as set). fast: the same optimisation
+    # problem (effective batch, token-normalised loss, lr schedule, data order, seed) planned for speed:
+    # micro-batch = effective batch, bf16 LoRA and no gradient checkpointing when GPU memory allows;
+    # see `sft.plan_speed`.
     speed: str = field(default="fast", metadata=_range(choices=("faithful", "fast")))
     # Data-parallel GPUs (tinyreason/distributed.py): 1 = one process; 0 = every visible GPU; N > 1
     # relaunches the stage through `accelerate launch` on N GPUs with the same global batch
