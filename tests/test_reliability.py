@@ -105,10 +105,16 @@ def log_history(work: Path) -> list[dict]:
 
 
 TIMING_KEYS = ("runtime", "per_second")
+# TRL SFTTrainer's running token count restarts at 0 on resume (it is not in the checkpoint; axolotl
+# reports the same of TRL, axolotl-ai-cloud/axolotl#3291); Trainer's num_input_tokens_seen resumes and
+# is compared, and the stage's DVCLive curves leave num_tokens out (tinyreason/tracking.py).
+SESSION_COUNTERS = ("num_tokens",)
 
 
 def without_timings(entries: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if not any(k.endswith(t) for t in TIMING_KEYS)} for e in entries]
+    return [{k: v for k, v in e.items()
+             if not any(k.endswith(t) for t in TIMING_KEYS) and k.removeprefix("eval_") not in SESSION_COUNTERS}
+            for e in entries]
 
 
 @pytest.mark.slow

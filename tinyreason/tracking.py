@@ -20,6 +20,10 @@ from tinyreason.rewards import REWARDS
 
 # Trainer's end-of-run summary keys (train_runtime, ...) are totals, not curves.
 _SUMMARY_PREFIX = "train_"
+# TRL SFTTrainer's running token count (num_tokens, eval_num_tokens): kept in the trainer, not in
+# checkpoints, so it restarts at 0 when a killed run resumes. Trainer's num_input_tokens_seen, which
+# resumes, is the curve of tokens seen.
+_SESSION_COUNTERS = ("num_tokens",)
 
 
 @functools.cache
@@ -37,7 +41,8 @@ def _live_metrics_callback_class():
                 return
             self.live.step = state.global_step
             for key, value in logs.items():
-                if key.startswith(_SUMMARY_PREFIX) or isinstance(value, bool) or not isinstance(value, (int, float)):
+                if (key.startswith(_SUMMARY_PREFIX) or key.removeprefix("eval_") in _SESSION_COUNTERS
+                        or isinstance(value, bool) or not isinstance(value, (int, float))):
                     continue
                 name = "eval/" + key[len("eval_"):] if key.startswith("eval_") else f"train/{key}"
                 self.live.log_metric(name, value)
