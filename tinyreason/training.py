@@ -1,5 +1,6 @@
 """What SFT (sft.py) and GRPO (grpo.py) share: the TrainingArguments both build on, the precision flags,
-the device check, the result type and the training-metrics keys both report.
+the device check, the result type, the training-metrics keys both report, and the model-shape and
+peak-memory estimate their plans (train.speed) use.
 
 Seed, lr schedule, optimizer, checkpointing, logging, trackers and device come from the same params
 for both methods, so they are written once here; each method adds its own.
@@ -7,6 +8,7 @@ for both methods, so they are written once here; each method adds its own.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,10 @@ from tinyreason.checkpoints import step_of
 from tinyreason.config import RunConfig
 from tinyreason.errors import TinyReasonError
 
+log = logging.getLogger(__name__)
+
 BITSANDBYTES_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
+GIB = 1024**3
 
 
 @dataclass
@@ -85,3 +90,64 @@ def training_metrics(trainer, output, resume: str | None) -> dict:
         "total_parameters": int(total),
         "resumed_from_step": step_of(resume),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The memory estimate both methods' plans use (sft.plan_speed, grpo_plan.plan_grpo)
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """What the memory estimate needs to know about the base model."""
+
+    n_params: int
+    embed_params: int
+    hidden: int
+    intermediate: int
+    layers: int
+    vocab: int
+
+
+def model_dims(model_cfg) -> ModelDims | None:
+    """Parameter count and shapes from the model's config, built on the meta device (no weights)."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from tinyreason import modeling
+
+        config = AutoConfig.from_pretrained(modeling.resolve_model_location(model_cfg),
+                                            **modeling._common_kwargs(model_cfg))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        text = config.get_text_config()
+        n_params = sum(p.numel() for p in model.parameters())
+        embed = model.get_input_embeddings().weight.numel()
+        return ModelDims(n_params=n_params, embed_params=embed, hidden=text.hidden_size,
+                         intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size),
+                         layers=text.num_hidden_layers, vocab=text.vocab_size)
+    except Exception as exc:  # an estimate only: planning falls back to the safe choice
+        log.warning("speed plan: cannot read the model's shape (%s); assuming it is large", exc)
+        return None
+
+
+def estimate_peak_bytes(dims: ModelDims, tokens: int, logit_tokens: int, *, load_in_4bit: bool,
+                        gradient_checkpointing: bool) -> int:
+    """A deliberately generous estimate of peak GPU memory for one LoRA micro-batch of `tokens`
+    (padding included), of which `logit_tokens` have their full-vocabulary logits materialised.
+
+    Weights (bf16, or NF4 with bf16 embeddings), activations kept for backward (bf16; about 18
+    hidden-size and 4 intermediate-size vectors per token and layer, or one layer's worth plus the
+    layer inputs with checkpointing), the logits (bf16 + fp32 + fp32 grad), and 1.5 GiB for LoRA
+    weights, optimizer state, workspace and fragmentation.
+    """
+    if load_in_4bit:
+        weights = 0.55 * (dims.n_params - dims.embed_params) + 2 * dims.embed_params
+    else:
+        weights = 2 * dims.n_params
+    per_layer = 2 * (18 * dims.hidden + 4 * dims.intermediate)
+    act = per_layer * (1 if gradient_checkpointing else dims.layers)
+    if gradient_checkpointing:
+        act += 2 * dims.hidden * dims.layers
+    logits = 12 * dims.vocab * logit_tokens
+    return int(weights + act * tokens + logits + 1.5 * GIB)
