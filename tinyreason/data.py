@@ -79,7 +79,8 @@ def read_training_rows(spec: str, hub_config: str | None, hub_split: str, fix: s
     `fix` completes the one-line error for a missing file (which param to set, to what)."""
     path = local_data_file(spec, fix)
     if path is None:
-        return sources.load_hub_rows(spec, hub_config, hub_split, spec, f"check the id and your connection, or {fix}"), 0
+        return sources.load_hub_rows(spec, hub_config, hub_split, "the training set",
+                                     f"check the id and your connection, or {fix}"), 0
     rows, bad_json = sources.read_jsonl_counting_malformed(path)
     if bad_json:
         log.warning("%s: %d line(s) are not valid JSON", spec, bad_json)
