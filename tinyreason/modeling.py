@@ -104,17 +104,19 @@ def _read_tokenizer(location: str, cfg: ModelConfig):
     mtime) and the transformers version, and later loads read those. A cache that cannot be written
     (read-only home) only costs the time."""
     import transformers
-    from transformers import AutoTokenizer
 
     gguf = Path(location) / cfg.gguf_file if cfg.gguf_file else None
     if gguf is None or not gguf.is_file():
-        return AutoTokenizer.from_pretrained(location, **_common_kwargs(cfg))
+        return transformers.AutoTokenizer.from_pretrained(location, **_common_kwargs(cfg))
     stat = gguf.stat()
     key = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
     cached = _tokenizer_cache() / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (cached / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(cached)
-    tokenizer = AutoTokenizer.from_pretrained(location, **_common_kwargs(cfg))
+        saved_class = json.loads((cached / "tokenizer_config.json").read_text()).get("tokenizer_class")
+        if saved_class == "TokenizersBackend":  # the class itself: AutoTokenizer's imports cost ~2 s more
+            return transformers.TokenizersBackend.from_pretrained(cached)
+        return transformers.AutoTokenizer.from_pretrained(cached)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(location, **_common_kwargs(cfg))
     tmp = None
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
