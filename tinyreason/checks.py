@@ -29,12 +29,13 @@ CHECKED = ["params.yaml: keys, types, ranges, the active profile and cross-refer
            "model.load_in_4bit, train.optim: supported on this machine",
            "train.report_to: every tracker installed",
            "train.grpo.train_path: a local file under data/raw/ (a train stage dependency)",
-           "train.grpo.rollout: vllm installed when asked for"]
+           "train.grpo.rollout: vllm installed when asked for",
+           "train.sft.trl_args, train.grpo.trl_args: fields of TRL's SFTConfig / GRPOConfig the pipeline does not set"]
 
 
 def check_inputs(cfg: RunConfig) -> None:
     """Everything a stage would refuse later, refused now (same checks, one-line errors)."""
-    from tinyreason import benchmarks, data, modeling, sft, tracking
+    from tinyreason import benchmarks, data, modeling, sft, tracking, training_args
 
     modeling.check_model_location(cfg.model)
     data.local_data_file(cfg.prepare.train_path, data.PREPARE_PATH_FIX)
@@ -54,6 +55,8 @@ def check_inputs(cfg: RunConfig) -> None:
         except DataError as exc:
             raise DataError(f"params.yaml: evaluate.benchmarks.{name}.path: {exc}") from None
     sft.check_device_support(cfg, Path("checkpoints"))
+    training_args.check_trl_args("sft", cfg.train.sft.trl_args)
+    training_args.check_trl_args("grpo", cfg.train.grpo.trl_args)
     tracking.check_trackers_installed(cfg.train.report_to)
 
 

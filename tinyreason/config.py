@@ -144,6 +144,17 @@ class GrpoSettings:
     # the unmerged LoRA model: no adapter matmuls per generated token. Off: the engine runs PEFT as is.
     merge_for_rollout: bool = True
     log_completions: bool = False
+    # Any other GRPOConfig field (epsilon_high, num_iterations, ...), merged last; checked against
+    # GRPOConfig by the check stage (tinyreason/training_args.py TRL_OWNED: keys set from params).
+    trl_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SftSettings:
+    """train.method=sft: settings of SFT alone."""
+
+    # Any other SFTConfig field (neftune_noise_alpha, ...), merged last, checked like train.grpo.trl_args.
+    trl_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -184,6 +195,7 @@ class TrainConfig:
     # Where the training curves go (names: TRACKERS). dvclive is required: dvc.yaml's train outputs and
     # plots read dvclive/train. The others are passed to the trainer as transformers' report_to.
     report_to: list[str] = field(default_factory=lambda: ["dvclive"])
+    sft: SftSettings = field(default_factory=SftSettings)
     grpo: GrpoSettings = field(default_factory=GrpoSettings)
 
 

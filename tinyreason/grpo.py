@@ -38,7 +38,7 @@ from tinyreason import benchmarks, modeling, rollout
 from tinyreason.config import RunConfig
 from tinyreason.errors import DataError
 from tinyreason.sft import TrainResult
-from tinyreason.training_args import common_training_arguments
+from tinyreason.training_args import build_trl_config, common_training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +130,11 @@ def build_dataset(cfg: RunConfig, tokenizer, rows: list[dict]):
 
 
 def build_grpo_config(cfg: RunConfig, output_dir: Path):
-    from trl import GRPOConfig
-
     t, g = cfg.train, cfg.train.grpo
     dtype = modeling.compute_dtype(cfg.model)
     on_cuda = torch.cuda.is_available()
     scheduler_kwargs = {"min_lr_rate": g.min_lr_rate} if t.lr_scheduler_type == "cosine_with_min_lr" else None
-    return GRPOConfig(
+    arguments = dict(
         **common_training_arguments(cfg, output_dir),
         per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -161,6 +159,7 @@ def build_grpo_config(cfg: RunConfig, output_dir: Path):
         log_completions=g.log_completions,
         **rollout.vllm_arguments(g),
     )
+    return build_trl_config("grpo", arguments, g.trl_args)  # train.grpo.trl_args merged last
 
 
 class StopAtStep(TrainerCallback):
