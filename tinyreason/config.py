@@ -548,6 +548,20 @@ def load_params_mapping(path: str | Path) -> dict:
     return (_read_yaml(path) or {}) if path.is_file() else {}
 
 
+def committed_params_mapping(path: str | Path = "params.yaml") -> dict | None:
+    """The params file as of the last commit (`git show HEAD:./<path>`), unvalidated; None outside a git
+    checkout or when it is not committed. The difference with the file now is what `dvc exp run -S`
+    (or an edit) changed."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(["git", "show", f"HEAD:./{path}"], capture_output=True, text=True, timeout=60)
+        data = yaml.safe_load(proc.stdout) if proc.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 # ---------------------------------------------------------------------------------------------
 # Recipe overlays (recipes/*.yaml): read here, like params.yaml; tinyreason.recipes turns them into commands
 
