@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -340,7 +341,7 @@ def test_recipe_dry_run_prints_the_dvc_command(capsys):
 
     assert main(["recipe", "open-rs3", "--dry-run", "--params", str(shipped_params_path())]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith("dvc exp run -n tina-open-rs3 ")
+    assert re.match(r"dvc exp run -n tina-open-rs3-\d{8}-\d{6}-[0-9a-f]{4} ", line), line
     for flag in ["-S train.method=grpo", "-S train.max_steps=1500", "-S train.grpo.stop_at_step=850",
                  "-S train.warmup_steps=150", "-S train.learning_rate=1e-06",
                  "-S train.lr_scheduler_type=cosine_with_min_lr", "-S train.grpo.min_lr_rate=0.1",
