@@ -462,3 +462,28 @@ def test_solve_piped_prints_no_spinner(tiny_model):
                       "--json", "What is 2+3?"])
     assert "solving" not in result.stderr and "\x1b" not in result.stderr + result.stdout, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["question"] == "What is 2+3?"
+
+
+def test_default_prompt_is_the_one_the_adapter_was_trained_with(tmp_path):
+    """chat/solve without --prompt: train.grpo.prompt after GRPO, prepare.prompt after SFT, as the adapter's
+    params.json records them (the recorded text, should params.yaml have changed since)."""
+    from conftest import shipped_params
+    from tinyreason.chat import trained_prompt
+    from tinyreason.config import config_from_dict, config_to_dict
+
+    cfg = config_from_dict(shipped_params())
+    assert (cfg.prepare.prompt, cfg.train.grpo.prompt) == ("final_answer", "boxed")
+    record = config_to_dict(cfg)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "params.json").write_text(json.dumps(record))
+    assert trained_prompt(cfg, adapter) == cfg.prompts["final_answer"]  # SFT
+    record["train"]["method"] = "grpo"
+    (adapter / "params.json").write_text(json.dumps(record))
+    assert trained_prompt(cfg, adapter) == cfg.prompts["boxed"]  # GRPO
+    record["prompts"]["boxed"]["system"] = "the system prompt it was trained with"
+    (adapter / "params.json").write_text(json.dumps(record))
+    assert trained_prompt(cfg, adapter).system == "the system prompt it was trained with"
+    assert trained_prompt(cfg, None) == cfg.prompts["final_answer"]  # --base-only
+    (adapter / "params.json").unlink()
+    assert trained_prompt(cfg, adapter) == cfg.prompts["final_answer"]  # no record
