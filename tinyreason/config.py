@@ -85,7 +85,7 @@ class LoraSettings:
 
 # Reward functions GRPO can use (train.grpo.reward_funcs), defined here once: rewards.py builds one for
 # each name and imports this tuple.
-GRPO_REWARDS = ("format", "accuracy", "cosine", "length")
+GRPO_REWARDS = ("format", "accuracy", "cosine", "length", "overlong")
 
 # Experiment trackers train.report_to may name: transformers' report_to integrations we document
 # (tests/test_trackers.py checks transformers knows each). dvclive is ours (tinyreason/tracking.py).
@@ -128,6 +128,9 @@ class GrpoSettings:
     cosine_correct_long: float = 0.5
     cosine_wrong_short: float = 0.0
     cosine_wrong_long: float = -0.5
+    # overlong reward (DAPO's soft overlong punishment): 0 up to max_completion_length - overlong_cache
+    # tokens, then down to -1 at max_completion_length. null: a fifth of max_completion_length (DAPO: 4k of 20k).
+    overlong_cache: int | None = field(default=None, metadata=_range(1))
     # lr_scheduler_type=cosine_with_min_lr: the floor as a fraction of learning_rate.
     min_lr_rate: float = field(default=0.1, metadata=_range(0.0, 1.0))
     # The half-cosine trick: train.max_steps sets the schedule's length, training stops here (null:
@@ -491,6 +494,9 @@ def _check_grpo(cfg: RunConfig, source: str) -> None:
     if batch % g.num_generations:
         _fail(source, "train.grpo.num_generations", f"{g.num_generations} must divide per_device_train_batch_size"
                                                     f" x gradient_accumulation_steps = {batch} (completions per step)")
+    if g.overlong_cache is not None and g.overlong_cache >= g.max_completion_length:
+        _fail(source, "train.grpo.overlong_cache", f"{g.overlong_cache} must be below train.grpo.max_completion_length="
+                                                   f"{g.max_completion_length} (fix: e.g. a fifth of it, or null)")
     if g.stop_at_step is not None and g.stop_at_step > t.max_steps:
         _fail(source, "train.grpo.stop_at_step", f"{g.stop_at_step} is past train.max_steps={t.max_steps} "
                                                  "(fix: stop_at_step <= max_steps)")
