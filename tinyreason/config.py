@@ -70,6 +70,7 @@ class PrepareConfig:
     train_path: str = "data/raw/gsm8k/train.jsonl"
     hub_config: str = "main"
     hub_split: str = "train"
+    hub_revision: str | None = None  # a hub dataset's commit, branch or tag (null: the newest)
     num_samples: int = field(default=2000, metadata=_range(1))
     val_fraction: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))
     prompt: str = "final_answer"
@@ -102,6 +103,7 @@ class GrpoSettings:
     train_path: str | None = None
     hub_config: str | None = None
     hub_split: str = "train"
+    hub_revision: str | None = None  # a hub dataset's commit, branch or tag (null: the newest)
     num_samples: int | None = field(default=None, metadata=_range(1))  # None: every row
     # A training problem that is also a test-benchmark problem is an error; true drops it instead.
     drop_test_overlap: bool = False

@@ -85,7 +85,7 @@ def load_problems(cfg: RunConfig, prepared_train: Path) -> list[dict]:
         source = g.train_path
         from tinyreason.data import GRPO_PATH_FIX, read_training_rows
 
-        raw, _ = read_training_rows(g.train_path, g.hub_config, g.hub_split, GRPO_PATH_FIX)
+        raw, _ = read_training_rows(g.train_path, g.hub_config, g.hub_split, GRPO_PATH_FIX, g.hub_revision)
     rows = [p for p in map(_row_to_problem, raw) if p is not None]
     if len(rows) < len(raw):
         log.warning("%s: dropped %d malformed row(s) (need a problem/question and an answer or a boxed "
