@@ -504,16 +504,40 @@ def _check_grpo(cfg: RunConfig, source: str) -> None:
                                                  "(fix: stop_at_step <= max_steps)")
 
 
-def config_from_dict(raw: dict, source: str = "params.yaml") -> RunConfig:
-    """Resolve the profile and validate. `source` names the file in error messages."""
+# Chat formats and profiles live in files of their own beside params.yaml (stage deps in dvc.yaml, not
+# params), so `dvc exp show` lists the knobs rather than template strings and every profile key. A params
+# file may still hold `prompts:` / `profiles:` of its own: they are merged over the files'.
+SIDE_FILES = ("prompts", "profiles")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _with_side_files(raw: dict, directory: Path | None) -> dict:
+    """`raw` with prompts.yaml and profiles.yaml merged under it: the copies in `directory` (the params
+    file's) when there, else the repository's."""
+    raw = dict(raw)
+    for key in SIDE_FILES:
+        path = Path(directory or REPO_ROOT) / f"{key}.yaml"
+        path = path if path.is_file() else REPO_ROOT / f"{key}.yaml"
+        shipped = (_read_yaml(path) or {}) if path.is_file() else {}
+        if not isinstance(shipped, dict):
+            raise ConfigError(f"{path}: expected a mapping of names at the top level (fix: see git show HEAD:{key}.yaml)")
+        if not isinstance(raw.get(key) or {}, dict):
+            _fail("params.yaml", key, "expected a mapping of names")
+        raw[key] = _deep_merge(shipped, raw.get(key) or {})
+    return raw
+
+
+def config_from_dict(raw: dict, source: str = "params.yaml", directory: Path | None = None) -> RunConfig:
+    """Resolve the profile and validate. `source` names the file in error messages; `directory` holds the
+    prompts.yaml / profiles.yaml to use (None: the repository's)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
-    raw = dict(raw)
+    raw = _with_side_files(raw, directory)
     profiles = raw.pop("profiles", {}) or {}
     profile = raw.get("profile", "seed")
     if profile != "seed":
         if profile not in profiles:
-            _fail(source, "profile", f"{profile!r} has no section under profiles "
+            _fail(source, "profile", f"{profile!r} has no section under profiles (profiles.yaml) "
                                      f"(fix: use one of seed, {', '.join(profiles)})")
         if not isinstance(profiles[profile], dict):
             _fail(source, f"profiles.{profile}", "expected a mapping of sections to override")
@@ -541,7 +565,7 @@ def load_config(path: str | Path = "params.yaml", profile: str | None = None) ->
     raw = _read_yaml(path)
     if profile is not None and isinstance(raw, dict):
         raw["profile"] = profile
-    return config_from_dict(raw, str(path) if profile is None else f"{path} (--profile {profile})")
+    return config_from_dict(raw, str(path) if profile is None else f"{path} (--profile {profile})", path.parent)
 
 
 def config_to_dict(cfg) -> dict:
