@@ -517,7 +517,7 @@ def _add_common(parser: argparse.ArgumentParser, defaults: dict) -> None:
                        help="LoRA adapter directory (default: models/adapter next to the params file)")
     which.add_argument("--base-only", action="store_true", help="use the base model without an adapter")
     parser.add_argument("--prompt", default=None, metavar="NAME",
-                        help="chat format under `prompts:` (default: the adapter's own, train.grpo.prompt after GRPO, "
+                        help="a chat format of prompts.yaml (default: the adapter's own, train.grpo.prompt after GRPO, "
                              "prepare.prompt after SFT)")
     parser.add_argument("--temperature", type=_non_negative, default=None,
                         help=f"sampling temperature, 0 = greedy (default: {defaults['temperature']})")

@@ -425,7 +425,7 @@ def _apply_profile(sections: dict, overlay: dict, name: str, path: tuple[str, ..
             merged[key] = value
         elif current != value:
             dotted = ".".join(here)
-            log.info("profile %s: keeping %s=%r (set in params.yaml or with -S) over profiles.%s.%s=%r",
+            log.info("profile %s: keeping %s=%r (set in params.yaml or with -S) over profiles.yaml %s.%s=%r",
                      name, dotted, current, name, dotted, value)
     return merged
 
