@@ -207,7 +207,8 @@ def _toy_overrides(model_dir: Path, train_path: Path, steps: int, train: dict | 
                   "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
                   "grpo": _deep_merge({"train_path": str(train_path), "prompt": "toy", "num_generations": 8,
                                        "max_completion_length": TARGET_LEN, "temperature": 1.0,
-                                       "beta": 0.0, "rollout": "trl", "max_prompt_length": 64}, grpo)},
+                                       "beta": 0.0, "rollout": "trl", "max_prompt_length": 64,
+                                       "held_out": 0}, grpo)},
     }
     overrides["train"].update(train or {})
     return overrides
@@ -267,7 +268,8 @@ def test_engine_rollouts_learn_too(toy_setup, one_thread):
     assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.3
     # DVCLive: every GRPO plot file that dvc.yaml names (reward, length, clipped share, KL, lr) is written
     plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
-    files = [f for p in plots for title, spec in p.items() if title.startswith("grpo") for f in spec["y"]]
+    files = [f for p in plots for title, spec in p.items()  # held-out curves: tests/test_monitoring.py
+             if title.startswith("grpo") and "held-out" not in title for f in spec["y"]]
     files.append("dvclive/train/plots/metrics/train/learning_rate.tsv")
     for f in files:
         if "/rewards/" in f:  # per-function curves: the toy run's function is share_of_a

@@ -149,6 +149,9 @@ class GrpoSettings:
     # the unmerged LoRA model: no adapter matmuls per generated token. Off: the engine runs PEFT as is.
     merge_for_rollout: bool = True
     log_completions: bool = False
+    # Training problems held out of training and scored every train.eval_steps with the evaluate stage's
+    # grader (tinyreason/monitoring.py): held-out accuracy, format rate and length curves. 0: off.
+    held_out: int = field(default=16, metadata=_range(0))
     # Any other GRPOConfig field (epsilon_high, num_iterations, ...), merged last; checked against
     # GRPOConfig by the check stage (tinyreason/training_args.py TRL_OWNED: keys set from params).
     trl_args: dict[str, Any] = field(default_factory=dict)

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from tinyreason import benchmarks, modeling, rollout
+from tinyreason import benchmarks, modeling, monitoring, rollout
 from tinyreason.config import RunConfig
 from tinyreason.errors import DataError
 from tinyreason.sft import TrainResult
@@ -187,22 +187,28 @@ def build_trainer(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=N
 
     g = cfg.train.grpo
     tokenizer = modeling.load_tokenizer(cfg.model)
-    dataset = build_dataset(cfg, tokenizer, load_problems(cfg, Path(train_file)))
+    # train.grpo.held_out problems are held out of training and scored every eval_steps (monitoring.py)
+    train_rows, held_rows = monitoring.hold_out(load_problems(cfg, Path(train_file)), g.held_out, cfg.seed)
+    dataset = build_dataset(cfg, tokenizer, train_rows)
     args = build_grpo_config(cfg, checkpoint_dir)
     if reward_funcs is None:
         reward_funcs, _ = rewards.build_reward_funcs(g)
     elif len(reward_funcs) != len(g.reward_weights):
         args.reward_weights = [1.0] * len(reward_funcs)
+    sampler = monitoring.CompletionSampler(live.dir if live is not None else None)  # completions.jsonl
     model = modeling.load_base_model(cfg.model, for_training=True)
     engine = rollout.rollout_kind(cfg) == "engine"
     if engine:  # rollout_func is marked experimental in TRL 1.16; we pin and test it
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    callbacks = [StopAtStep(g.stop_at_step)]
+    callbacks = [StopAtStep(g.stop_at_step), sampler]
+    if held_rows:
+        callbacks.append(monitoring.HeldOutMonitor(build_dataset(cfg, tokenizer, held_rows), tokenizer,
+                                                   cfg.train.eval_steps, g.max_completion_length, cfg.seed, live))
     if live is not None:
         callbacks.append(LiveMetricsCallback(live))
     return GRPOTrainer(
         model=model,
-        reward_funcs=reward_funcs,
+        reward_funcs=sampler.wrap(reward_funcs),
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -243,6 +249,9 @@ def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None
         "final_completion_mean_length": last("completions/mean_length"),
         "final_clipped_ratio": last("completions/clipped_ratio"),
         "final_kl": last("kl"),
+        # the held-out slice (train.grpo.held_out) at the last step: accuracy, format rate, mean length
+        "final_heldout": {k.split("/", 1)[1]: round(float(v), 6) for k, v in next(
+            (e for e in reversed(state.log_history) if "eval_heldout/accuracy" in e), {}).items() if k != "step"},
         "train_runtime_seconds": round(runtime, 2),
         "train_tokens": int(state.num_input_tokens_seen),
         "train_tokens_per_second": round(state.num_input_tokens_seen / runtime, 1) if runtime else None,
