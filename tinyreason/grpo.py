@@ -10,7 +10,7 @@ Public API:
     train_grpo(cfg, train_file, checkpoint_dir, live=None, reward_funcs=None) -> sft.TrainResult
     load_problems(cfg, prepared_train) -> list[dict]        question/answer rows, leak-checked
     build_dataset(cfg, tokenizer, rows) -> datasets.Dataset  prompt/answer/answer_format columns
-    build_grpo_config(cfg, output_dir) -> trl.GRPOConfig
+    build_grpo_config(cfg, output_dir, plan) -> trl.GRPOConfig  (micro-batching from grpo_plan.py)
     build_trainer(cfg, train_file, checkpoint_dir, ...) -> trl.GRPOTrainer  (TRL's class: its loss)
     StopAtStep                                              the half-cosine trick's stop
 Rollouts (engine, TRL's generate, vLLM) are tinyreason/rollout.py; the presets' command is
@@ -37,6 +37,7 @@ from transformers import TrainerCallback
 from tinyreason import benchmarks, modeling, monitoring, rollout
 from tinyreason.config import RunConfig
 from tinyreason.errors import DataError
+from tinyreason.grpo_plan import GrpoPlan, make_grpo_plan, plan_grpo
 from tinyreason.sft import TrainResult
 from tinyreason.training_args import build_trl_config, common_training_arguments
 
@@ -129,20 +130,22 @@ def build_dataset(cfg: RunConfig, tokenizer, rows: list[dict]):
 # Trainer pieces
 
 
-def build_grpo_config(cfg: RunConfig, output_dir: Path):
+def build_grpo_config(cfg: RunConfig, output_dir: Path, plan: GrpoPlan | None = None):
     t, g = cfg.train, cfg.train.grpo
+    plan = plan or plan_grpo(cfg, cuda=False)
     dtype = modeling.compute_dtype(cfg.model)
     on_cuda = torch.cuda.is_available()
     scheduler_kwargs = {"min_lr_rate": g.min_lr_rate} if t.lr_scheduler_type == "cosine_with_min_lr" else None
     arguments = dict(
         **common_training_arguments(cfg, output_dir),
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        # the rollout batch (micro-batch x accumulation) is the params'; its cut is the memory plan's
+        per_device_train_batch_size=plan.micro_batch,
+        gradient_accumulation_steps=plan.accumulation,
         lr_scheduler_kwargs=scheduler_kwargs,
         eval_strategy="no",  # checkpoints are not chosen on held-out scores, let alone test ones
         logging_first_step=True,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        gradient_checkpointing=plan.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if plan.gradient_checkpointing else None,
         bf16=on_cuda and dtype == torch.bfloat16,
         fp16=on_cuda and dtype == torch.float16,
         # GRPO
@@ -190,7 +193,9 @@ def build_trainer(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=N
     # train.grpo.held_out problems are held out of training and scored every eval_steps (monitoring.py)
     train_rows, held_rows = monitoring.hold_out(load_problems(cfg, Path(train_file)), g.held_out, cfg.seed)
     dataset = build_dataset(cfg, tokenizer, train_rows)
-    args = build_grpo_config(cfg, checkpoint_dir)
+    plan = make_grpo_plan(cfg)
+    log.info("GRPO memory plan: %s", plan)
+    args = build_grpo_config(cfg, checkpoint_dir, plan)
     if reward_funcs is None:
         reward_funcs, _ = rewards.build_reward_funcs(g)
     elif len(reward_funcs) != len(g.reward_weights):
@@ -206,7 +211,7 @@ def build_trainer(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=N
                                                    cfg.train.eval_steps, g.max_completion_length, cfg.seed, live))
     if live is not None:
         callbacks.append(LiveMetricsCallback(live))
-    return GRPOTrainer(
+    trainer = GRPOTrainer(
         model=model,
         reward_funcs=sampler.wrap(reward_funcs),
         args=args,
@@ -216,6 +221,8 @@ def build_trainer(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=N
         callbacks=callbacks,
         rollout_func=rollout.EngineRollout(g, cfg.seed, g.max_prompt_length) if engine else None,
     )
+    trainer.memory_plan = plan
+    return trainer
 
 
 def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None,
@@ -259,6 +266,7 @@ def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None
         "total_parameters": int(total),
         "train_problems": len(trainer.train_dataset),
         "rollout": rollout.rollout_kind(cfg),
+        "memory_plan": getattr(trainer, "memory_plan", None) and trainer.memory_plan.to_dict(),
         "resumed_from_step": _step_of(resume),
     }
     return TrainResult(trainer=trainer, metrics=metrics)

@@ -43,6 +43,27 @@ def _quantized(model) -> bool:
     return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "hf_quantizer", None) is not None)
 
 
+# Projections the engine runs as one GEMM (model_runner._fuse): their merged weights share one buffer
+_JOINT = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj")))
+
+
+def _joint_slots(base) -> dict:
+    """name -> a row block of one buffer per layer's q/k/v and gate/up, when LoRA wraps all of a
+    group: the engine then reads the group as one weight, with no copy that could go stale."""
+    slots = {}
+    for lname, layer in base.model.layers.named_children():
+        for parent, names in _JOINT:
+            mods = [getattr(getattr(layer, parent, None), n, None) for n in names]
+            if not all(hasattr(m, "base_layer") and hasattr(m, "lora_A") for m in mods):
+                continue
+            weights = [m.base_layer.weight for m in mods]
+            joint = torch.empty(sum(w.shape[0] for w in weights), weights[0].shape[1], dtype=weights[0].dtype,
+                                device=weights[0].device)
+            for n, block in zip(names, joint.split([w.shape[0] for w in weights])):
+                slots[f"model.layers.{lname}.{parent}.{n}"] = block
+    return slots
+
+
 class MergedShadow:
     """A plain copy of a PEFT LoRA model for rollouts: W + scaling * B @ A, refreshed on demand.
 
@@ -56,6 +77,7 @@ class MergedShadow:
         base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
         with torch.device("meta"):
             shadow = type(base)(base.config)
+        slots = _joint_slots(base)
         self.pairs = []  # (merged weight, base weight, lora_A, lora_B, scaling)
         for name, module in shadow.named_modules():
             source = base.get_submodule(name)
@@ -64,7 +86,8 @@ class MergedShadow:
                 if lora and pname == "weight":
                     adapter = source.active_adapters[0]
                     w = source.base_layer.weight
-                    merged = torch.empty_like(w, requires_grad=False)
+                    merged = slots.get(name)
+                    merged = torch.empty_like(w, requires_grad=False) if merged is None else merged
                     self.pairs.append((merged, w, source.lora_A[adapter].weight, source.lora_B[adapter].weight,
                                        float(source.scaling[adapter])))
                     tensor = merged

@@ -5,9 +5,12 @@ is a contiguous tile. Two implementations of the same two calls:
 
 * `TorchAttention` — plain PyTorch (gather + SDPA). Runs anywhere; the CPU tests use it as the
   reference against HF `generate`.
-* `CudaAttention` — prefill through FlashAttention's varlen kernel (aten), decode through a Triton
-  paged-attention kernel that reads each request's blocks once per KV head (the query heads of a
-  group are the rows of one tile) and splits long contexts over several programs.
+* `CudaAttention` — prefill through FlashAttention's varlen kernel (aten), decode through two Triton
+  kernels: RoPE + the K/V cache write in one launch (rope_kernel.py), then paged attention that
+  reads each request's blocks once per KV head (the query heads of a group are the rows of one
+  tile) and splits long contexts over several programs (paged_kernel.py).
+
+Both calls take q and k before RoPE (cos, sin: [N, head_dim] at each token's position).
 """
 
 from __future__ import annotations
@@ -16,6 +19,17 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rope(q, k, cos, sin):
+    """HF's rotary embedding (Llama/Qwen2): q, k [N, heads, D]; cos, sin [N, D]."""
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
 def store_kv(cache: torch.Tensor, x: torch.Tensor, block: torch.Tensor, offset: torch.Tensor) -> None:
@@ -54,7 +68,8 @@ class TorchAttention:
     def __init__(self, scale: float, n_heads: int, n_kv: int):
         self.scale, self.n_heads, self.n_kv = scale, n_heads, n_kv
 
-    def prefill(self, q, k, v, k_cache, v_cache, b: PrefillBatch) -> torch.Tensor:
+    def prefill(self, q, k, v, cos, sin, k_cache, v_cache, b: PrefillBatch) -> torch.Tensor:
+        q, k = rope(q, k, cos, sin)
         store_kv(k_cache, k, b.block, b.offset)
         store_kv(v_cache, v, b.block, b.offset)
         if b.ctx_block is not None:
@@ -70,7 +85,8 @@ class TorchAttention:
                                                        enable_gqa=self.n_heads != self.n_kv).transpose(0, 1))
         return torch.cat(outs)
 
-    def decode(self, q, k, v, k_cache, v_cache, b: DecodeBatch) -> torch.Tensor:
+    def decode(self, q, k, v, cos, sin, k_cache, v_cache, b: DecodeBatch) -> torch.Tensor:
+        q, k = rope(q, k, cos, sin)
         store_kv(k_cache, k, b.block, b.offset)
         store_kv(v_cache, v, b.block, b.offset)
         # every request's blocks side by side: [rows, kv_heads, max_blocks * block_size, head_dim]
@@ -83,7 +99,8 @@ class TorchAttention:
 
 
 class CudaAttention(TorchAttention):
-    def prefill(self, q, k, v, k_cache, v_cache, b: PrefillBatch) -> torch.Tensor:
+    def prefill(self, q, k, v, cos, sin, k_cache, v_cache, b: PrefillBatch) -> torch.Tensor:
+        q, k = rope(q, k, cos, sin)
         store_kv(k_cache, k, b.block, b.offset)
         store_kv(v_cache, v, b.block, b.offset)
         if b.ctx_block is not None:
@@ -92,9 +109,8 @@ class CudaAttention(TorchAttention):
         return torch.ops.aten._flash_attention_forward(q, k, v.contiguous(), b.cu_q, b.cu_k, b.max_q, b.max_k,
                                                        0.0, True, False, scale=self.scale)[0]
 
-    def decode(self, q, k, v, k_cache, v_cache, b: DecodeBatch) -> torch.Tensor:
-        from tinyreason.generation import paged_kernel
+    def decode(self, q, k, v, cos, sin, k_cache, v_cache, b: DecodeBatch) -> torch.Tensor:
+        from tinyreason.generation import paged_kernel, rope_kernel
 
-        store_kv(k_cache, k, b.block, b.offset)
-        store_kv(v_cache, v, b.block, b.offset)
+        q = rope_kernel.rope_store(q, k, v, cos, sin, k_cache, v_cache, b.block, b.offset)
         return paged_kernel.paged_decode(q, k_cache, v_cache, b.block_table, b.lens, self.scale, b.splits)

@@ -39,8 +39,9 @@ class GenerationEngine:
         prefill_tokens: most tokens in one prefill step (longer prompts are chunked).
         sync_every: decode steps between host syncs (new tokens are read and requests retired
             there; a request that ended mid-window wastes at most this many steps).
-        fuse_weights: one GEMM for q/k/v and for gate/up (copies of the weights: only for an engine
-            that does not outlive weight updates).
+        fuse_weights: one GEMM for q/k/v and for gate/up by concatenating the weights (a copy: only
+            for an engine that does not outlive weight updates). Weights already back to back in one
+            buffer (rollout.MergedShadow) get the single GEMMs either way, as views.
     """
 
     def __init__(self, model, max_num_seqs: int = 256, max_model_len: int = 4096, block_size: int | None = None,

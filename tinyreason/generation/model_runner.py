@@ -4,7 +4,8 @@ call plugged in (attention.py), decode steps captured in CUDA graphs per batch-s
 The runner calls the HF model's own submodules (embeddings, norms, projections, MLP, rotary
 embedding), so any Llama/Qwen2-family decoder works, and so does an unmerged PEFT LoRA model
 (GRPO rollouts read the adapter in place). Where the module semantics are known it takes faster
-routes: RMSNorm and RoPE as compiled elementwise kernels, q/k/v and gate/up as one GEMM each.
+routes: RMSNorm and SiLU-and-multiply as compiled elementwise kernels, RoPE fused with the cache
+write (CUDA), q/k/v and gate/up as one GEMM each.
 """
 
 from __future__ import annotations
@@ -31,17 +32,21 @@ def _add_rms(h, delta, weight, eps):
     return h, _rms(h, weight, eps)
 
 
-def _rotate_half(x):
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _rope(q, k, cos, sin):
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-
-
 def _silu_mul(gate, up):
     return F.silu(gate) * up
+
+
+def _joined(weights: list[torch.Tensor], copy: bool) -> torch.Tensor | None:
+    """The weights stacked by rows: a view when they are consecutive blocks of one buffer, else a
+    concatenated copy when `copy`, else None."""
+    first = weights[0]
+    offset, storage = first.storage_offset(), first.untyped_storage().data_ptr()
+    for w in weights:
+        if not w.is_contiguous() or w.untyped_storage().data_ptr() != storage or w.storage_offset() != offset:
+            return torch.cat(weights) if copy else None
+        offset += w.numel()
+    rows = sum(w.shape[0] for w in weights)
+    return first.as_strided((rows, first.shape[1]), (first.shape[1], 1))
 
 
 def batch_buckets(max_seqs: int) -> list[int]:
@@ -86,12 +91,12 @@ class ModelRunner:
         compile = (self.use_cuda_graph and on_cuda) if compile is None else compile
         # dynamic: one compile serves every batch-size bucket (a static compile per bucket costs seconds each)
         wrap = (lambda f: torch.compile(f, dynamic=True, fullgraph=True)) if compile else (lambda f: f)
-        self.c_add_rms, self.c_rope, self.c_silu_mul = wrap(_add_rms), wrap(_rope), wrap(_silu_mul)
+        self.c_add_rms, self.c_silu_mul = wrap(_add_rms), wrap(_silu_mul)
         if compile:
             import torch._dynamo as dynamo
 
             dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 128)
-        self.fused = self._fuse() if fuse_weights else None
+        self.fused = self._fuse(copy=fuse_weights)
         with torch.inference_mode():
             if self.rope_table:
                 positions = torch.arange(max_model_len, device=self.device)
@@ -154,7 +159,11 @@ class ModelRunner:
         return min(blocks, worst)
 
     # -- the model -------------------------------------------------------------------------------
-    def _fuse(self):
+    def _fuse(self, copy: bool):
+        """Per layer (q/k/v weight, its bias, gate/up weight) as single GEMM operands, or None.
+        Weights already laid out back to back in one buffer (rollout.MergedShadow) are used as a
+        view, so later in-place weight updates are seen; otherwise they are concatenated, a copy,
+        only when `copy` (fuse_weights) allows it."""
         plain = all(type(m) is torch.nn.Linear for l in self.layers for m in
                     (l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj, l.mlp.gate_proj, l.mlp.up_proj))
         if not (plain and self.fast_mlp) or any(hasattr(l.self_attn, "q_norm") for l in self.layers):
@@ -163,9 +172,12 @@ class ModelRunner:
         with torch.no_grad():
             for l in self.layers:
                 a = l.self_attn
+                qkv = _joined([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], copy)
+                gate_up = _joined([l.mlp.gate_proj.weight, l.mlp.up_proj.weight], copy)
+                if qkv is None or gate_up is None:
+                    return None
                 bias = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
-                fused.append((torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), bias,
-                              torch.cat([l.mlp.gate_proj.weight, l.mlp.up_proj.weight])))
+                fused.append((qkv, bias, gate_up))
         return fused
 
     def _norm(self, module, h, delta=None, add_rms=_add_rms):
@@ -199,20 +211,19 @@ class ModelRunner:
         return mlp(x)
 
     def forward(self, tokens, positions, attend, compiled: bool) -> torch.Tensor:
-        """The layer stack over packed tokens [N] at `positions` [N]; attend(i, q, k, v) -> [N, H, D].
-        Returns the final-normed hidden states [N, hidden]."""
-        add_rms, rope, silu_mul = (self.c_add_rms, self.c_rope, self.c_silu_mul) if compiled else (_add_rms, _rope, _silu_mul)
+        """The layer stack over packed tokens [N] at `positions` [N]; attend(i, q, k, v, cos, sin) ->
+        [N, H, D] applies RoPE itself (fused into a kernel on the decode path). Returns the
+        final-normed hidden states [N, hidden]."""
+        add_rms, silu_mul = (self.c_add_rms, self.c_silu_mul) if compiled else (_add_rms, _silu_mul)
         h = self.body.embed_tokens(tokens)
         if self.rope_table:
             cos, sin = self.cos_tab[positions], self.sin_tab[positions]
         else:
             cos, sin = (t[0] for t in self.body.rotary_emb(h[None], positions[None]))
-        cos, sin = cos[:, None, :], sin[:, None, :]
         x = self._norm(self.layers[0].input_layernorm, h)
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(i, x)
-            q, k = rope(q, k, cos, sin)
-            o = attend(i, q, k, v).reshape(x.shape[0], self.n_heads * self.head_dim)
+            o = attend(i, q, k, v, cos, sin).reshape(x.shape[0], self.n_heads * self.head_dim)
             h, x = self._norm(layer.post_attention_layernorm, h, layer.self_attn.o_proj(o), add_rms)
             nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.body.norm
             h, x = self._norm(nxt, h, self._mlp(i, x, silu_mul), add_rms)
@@ -221,7 +232,8 @@ class ModelRunner:
     # -- prefill ---------------------------------------------------------------------------------
     def prefill_forward(self, tokens, positions, batch: PrefillBatch, last: torch.Tensor) -> torch.Tensor:
         """Logits [len(last), vocab] at the packed indices `last`."""
-        attend = lambda i, q, k, v: self.attention.prefill(q, k, v, self.k_cache[i], self.v_cache[i], batch)  # noqa: E731
+        attend = lambda i, q, k, v, cos, sin: self.attention.prefill(q, k, v, cos, sin, self.k_cache[i],  # noqa: E731
+                                                                     self.v_cache[i], batch)
         return self.lm_head(self.forward(tokens, positions, attend, compiled=False)[last])
 
     def prefill(self, chunks) -> torch.Tensor:
@@ -269,7 +281,8 @@ class ModelRunner:
         table = self.block_table[:rows]
         block = table.gather(1, (pos // self.block_size)[:, None])[:, 0].long()
         batch = DecodeBatch(block, pos % self.block_size, table, (pos + 1).to(torch.int32), splits)
-        attend = lambda i, q, k, v: self.attention.decode(q, k, v, self.k_cache[i], self.v_cache[i], batch)  # noqa: E731
+        attend = lambda i, q, k, v, cos, sin: self.attention.decode(q, k, v, cos, sin, self.k_cache[i],  # noqa: E731
+                                                                    self.v_cache[i], batch)
         logits = self.lm_head(self.forward(self.tok[:rows], pos, attend, compiled=True))
         if mode == GREEDY:
             nxt = logits.argmax(dim=-1)

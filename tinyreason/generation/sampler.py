@@ -3,8 +3,16 @@
 Each request has its own seed, and the uniform numbers for the token at position p come from a
 counter-based hash of (seed, p, token id). So a request's samples depend on nothing but its own
 logits: not on which other requests share the batch, on the slot count, or on a preemption and
-recompute (the same position draws the same numbers again). Pure tensor ops, so the step can live
-inside a CUDA graph.
+recompute (the same position draws the same numbers again).
+
+The draw is the Gumbel-max race: token argmax_i z_i / T - log(-log u_i) is token i with probability
+softmax(z / T)_i. Top-p keeps token i when the probability mass strictly above it is <= top_p (the
+top token always stays); the race restricted to the kept tokens samples the renormalised nucleus.
+
+Two implementations of the same draw: `sample_reference` (PyTorch, a full sort; runs anywhere, the
+CPU tests' reference) and, on CUDA, the Triton kernel of sample_kernel.py, which reads a row's
+logits about twice and sorts nothing. Both are capturable in a CUDA graph (temperature and top_p
+are tensors).
 """
 
 from __future__ import annotations
@@ -32,18 +40,28 @@ def uniform(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> torch.T
     return (_shr(x, 40).float() + 0.5) * (1.0 / (1 << 24))
 
 
+def sample_reference(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor, temperature: torch.Tensor,
+                     top_p: torch.Tensor | None) -> torch.Tensor:
+    """The draw in plain PyTorch (see the module docstring); top_p None skips the nucleus cut."""
+    z = logits.float() / temperature
+    key = z - torch.log(-torch.log(uniform(seeds, positions, logits.shape[-1])))
+    if top_p is not None:
+        probs = torch.softmax(z, dim=-1)
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        before = sorted_p.cumsum(dim=-1) - sorted_p  # mass of the tokens sorted before each one
+        # mass strictly above: tied tokens (common with bf16 logits) all take their first one's
+        first = torch.searchsorted(-sorted_p, -sorted_p)
+        above = before.gather(-1, first)
+        drop = torch.zeros_like(key, dtype=torch.bool).scatter(-1, order, above > top_p)
+        key = key.masked_fill(drop, float("-inf"))
+    return key.argmax(dim=-1)
+
+
 def sample(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor, temperature: torch.Tensor,
            top_p: torch.Tensor | None) -> torch.Tensor:
-    """One token per row of `logits` [n, vocab], for the token at `positions` [n].
+    """One token per row of `logits` [n, vocab], for the token at `positions` [n] (int64 [n])."""
+    if logits.is_cuda:
+        from tinyreason.generation import sample_kernel
 
-    temperature (> 0) and top_p are 0-d tensors, so one captured graph serves any values; top_p None
-    skips the nucleus cut (and its sort). The draw is the exponential race: argmax p_i / E_i with
-    E_i = -log u_i picks token i with probability p_i (the top-p renormalisation is implicit).
-    """
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p is not None:
-        sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
-        drop = (sorted_p.cumsum(dim=-1) - sorted_p) > top_p  # the top token always stays
-        probs = probs.scatter(-1, sorted_i, sorted_p.masked_fill(drop, 0.0))
-    race = -torch.log(uniform(seeds, positions, logits.shape[-1]))
-    return (probs / race).argmax(dim=-1)
+        return sample_kernel.sample(logits, seeds, positions, temperature, top_p)
+    return sample_reference(logits, seeds, positions, temperature, top_p)
