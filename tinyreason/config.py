@@ -153,7 +153,7 @@ class GrpoSettings:
     # grader (tinyreason/monitoring.py): held-out accuracy, format rate and length curves. 0: off.
     held_out: int = field(default=16, metadata=_range(0))
     # Any other GRPOConfig field (epsilon_high, num_iterations, ...), merged last; checked against
-    # GRPOConfig by the check stage (tinyreason/training_args.py TRL_OWNED: keys set from params).
+    # GRPOConfig by the check stage (tinyreason/training_args.py TRL_OWNED, GRPO_OWNED: keys set from params).
     trl_args: dict[str, Any] = field(default_factory=dict)
 
 

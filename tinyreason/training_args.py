@@ -40,7 +40,7 @@ def common_training_arguments(cfg: RunConfig, output_dir: Path, optim: str | Non
 
 # Fields the pipeline sets itself -> where to set them instead. A trl_args entry for one of them
 # would fight its param (or the stage's checkpoint/resume/tracking logic), so it is refused.
-TRL_OWNED = {
+TRL_OWNED = {  # both methods
     "output_dir": "the train stage (checkpoints/<fingerprint>/)",
     "resume_from_checkpoint": "the train stage (it resumes from its last checkpoint)",
     "seed": "seed", "data_seed": "seed", "use_cpu": "the train stage (CPU when no GPU)",
@@ -58,9 +58,10 @@ TRL_OWNED = {
     "gradient_accumulation_steps": "train.gradient_accumulation_steps",
     "gradient_checkpointing": "train.gradient_checkpointing", "bf16": "model.dtype", "fp16": "model.dtype",
     "report_to": "train.report_to", "run_name": "the train stage (the DVC experiment's name)",
-    # SFT
-    "max_length": "train.max_length", "packing": "train.packing", "completion_only_loss": "train.completion_only_loss",
-    # GRPO
+}
+SFT_OWNED = {"max_length": "train.max_length", "packing": "train.packing",
+             "completion_only_loss": "train.completion_only_loss"}
+GRPO_OWNED = {
     "num_generations": "train.grpo.num_generations", "max_completion_length": "train.grpo.max_completion_length",
     "temperature": "train.grpo.temperature", "top_p": "train.grpo.top_p", "beta": "train.grpo.beta",
     "epsilon": "train.grpo.epsilon", "loss_type": "train.grpo.loss_type", "scale_rewards": "train.grpo.scale_rewards",
@@ -92,8 +93,9 @@ def check_trl_args(method: str, trl_args: dict) -> None:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f"did you mean {close[0]}?" if close else f"see the fields of trl.{config_class.__name__}"
             raise ConfigError(f"params.yaml: {section}.{key}: not a {config_class.__name__} field ({hint})")
-        if key in TRL_OWNED:
-            owner = TRL_OWNED[key]
+        owned = {**TRL_OWNED, **(GRPO_OWNED if method == "grpo" else SFT_OWNED)}
+        if key in owned:
+            owner = owned[key]
             fix = f"remove it; {owner} sets it" if " " in owner else f"set {owner} instead"
             raise ConfigError(f"params.yaml: {section}.{key}: set by the pipeline (fix: {fix})")
 
