@@ -401,6 +401,8 @@ def test_train_stage_runs_grpo_and_reports_cost(toy_setup, tmp_path):
     cfg_raw = _deep_merge(raw, {k: v for k, v in _toy_overrides(model_dir, train_path, 3).items()})
     cfg_raw["train"]["grpo"]["reward_funcs"] = ["format"]  # a real reward through the stage
     cfg_raw["train"]["grpo"]["reward_weights"] = [1.0]
+    cfg_raw["train"]["grpo"]["held_out"] = 2  # monitoring through the stage: its files land in dvclive/train
+    cfg_raw["train"]["eval_steps"] = 2
     (work / "params.yaml").write_text(yaml.safe_dump(cfg_raw, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "stages/train.py"], cwd=work, capture_output=True, text=True,
@@ -411,6 +413,9 @@ def test_train_stage_runs_grpo_and_reports_cost(toy_setup, tmp_path):
     assert set(metrics["cost"]) >= {"gpu_seconds", "usd", "wall_seconds"} and "format" in metrics["final_rewards"]
     assert (work / "models" / "adapter" / "adapter_config.json").is_file()
     assert (work / "dvclive" / "train" / "plots" / "metrics" / "train" / "rewards" / "format" / "mean.tsv").is_file()
+    assert (work / "dvclive" / "train" / "plots" / "metrics" / "eval" / "heldout" / "accuracy.tsv").is_file()
+    assert (work / "dvclive" / "train" / "completions.jsonl").read_text().count("\n") == 3 * 4  # 3 logging steps x 4
+    assert set(metrics["final_heldout"]) >= {"accuracy", "format_rate", "mean_length"}
 
 
 def test_merged_shadow_generates_like_the_unmerged_lora_model(toy_setup, one_thread):
