@@ -516,11 +516,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def _with_side_files(raw: dict, directory: Path | None) -> dict:
     """`raw` with prompts.yaml and profiles.yaml merged under it: the copies in `directory` (the params
-    file's) when there, else the repository's."""
+    file's) when there, else in the working directory (the repository root, where stages run; an
+    installed package is not in the checkout), else beside this package's source."""
     raw = dict(raw)
     for key in SIDE_FILES:
-        path = Path(directory or REPO_ROOT) / f"{key}.yaml"
-        path = path if path.is_file() else REPO_ROOT / f"{key}.yaml"
+        found = [Path(d) / f"{key}.yaml" for d in (directory, ".", REPO_ROOT) if d is not None]
+        path = next((p for p in found if p.is_file()), found[-1])
         shipped = (_read_yaml(path) or {}) if path.is_file() else {}
         if not isinstance(shipped, dict):
             raise ConfigError(f"{path}: expected a mapping of names at the top level (fix: see git show HEAD:{key}.yaml)")
