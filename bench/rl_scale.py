@@ -246,7 +246,7 @@ def run_worker(job: str, tree: Path, out_dir: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jobs", required=True, help="comma-separated NAME[@base][:seconds]; @base: the baseline tree")
+    ap.add_argument("--jobs", default="", help="comma-separated NAME[@base][:seconds]; @base: the baseline tree")
     ap.add_argument("--base", type=Path, default=REPO / ".base")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--limit", type=int, default=300, help="seconds per job")

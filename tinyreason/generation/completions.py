@@ -43,22 +43,15 @@ def eos_token_ids_of(model, tokenizer=None) -> list[int]:
 
 def generate_token_ids(model, prompt_ids: Sequence[Sequence[int]], settings: GenerationSettings,
                        eos_token_ids: Sequence[int] = (), max_num_seqs: int | None = 256,
-                       engine: GenerationEngine | None = None, max_new_tokens: Sequence[int] | None = None,
                        show_progress: bool = False, **engine_kwargs) -> tuple[list[list[int]], list[bool]]:
     """Token ids in; new token ids (EOS kept when it ended a request) and truncated flags out.
-
-    Pass `engine` to reuse one across calls (GRPO rollouts: graphs and cache stay; the graphs read
-    the weights in place, so optimizer steps are seen).
-    `max_new_tokens` (per prompt) overrides `settings.max_new_tokens`. max_num_seqs None: every
-    prompt at once, as memory allows.
-    """
-    budgets = list(max_new_tokens) if max_new_tokens is not None else [settings.max_new_tokens] * len(prompt_ids)
-    if engine is None:
-        # a per-call engine cannot go stale, so fused weight copies are safe (plain Linear only)
-        engine_kwargs.setdefault("fuse_weights", next(model.parameters()).is_cuda)
-        need = max((len(p) + m for p, m in zip(prompt_ids, budgets)), default=1)
-        slots = max(1, min(max_num_seqs or len(prompt_ids), len(prompt_ids)))
-        engine = GenerationEngine(model, max_num_seqs=slots, max_model_len=need, **engine_kwargs)
+    max_num_seqs None: every prompt at once, as memory allows."""
+    budgets = [settings.max_new_tokens] * len(prompt_ids)
+    # a per-call engine cannot go stale, so fused weight copies are safe (plain Linear only)
+    engine_kwargs.setdefault("fuse_weights", next(model.parameters()).is_cuda)
+    need = max((len(p) + m for p, m in zip(prompt_ids, budgets)), default=1)
+    slots = max(1, min(max_num_seqs or len(prompt_ids), len(prompt_ids)))
+    engine = GenerationEngine(model, max_num_seqs=slots, max_model_len=need, **engine_kwargs)
     out = engine.generate(prompt_ids, budgets, temperature=settings.temperature, top_p=settings.top_p,
                           seed=settings.seed, eos_token_ids=eos_token_ids, show_progress=show_progress)
     return out, engine.truncated

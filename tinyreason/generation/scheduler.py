@@ -16,13 +16,13 @@ from tinyreason.generation.sequence import Sequence, Status
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_seqs: int, prefill_tokens: int, min_refill: int | None = None):
+    def __init__(self, blocks: BlockManager, max_seqs: int, prefill_tokens: int):
         self.blocks = blocks
         self.max_seqs = max_seqs
         self.prefill_tokens = prefill_tokens
         # refill only once this many requests fit (or the queue is that short): each prefill
         # stalls every running request for a step
-        self.min_refill = max(1, max_seqs // 8) if min_refill is None else max(1, min_refill)
+        self.min_refill = max(1, max_seqs // 8)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.followers: dict[int, list[Sequence]] = {}  # leader index -> same-prompt requests to fork
