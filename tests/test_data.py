@@ -59,3 +59,21 @@ def test_sft_example_renders_think_block_and_final_answer_through_chat_template(
     assert "<|im_start|>system\nBe brief.<|im_end|>" in row["prompt"]
     gen = prompts.render_generation_prompt(smollm_tokenizer, cfg, "What is 2+3?")
     assert gen == row["prompt"] + "<think>\n"
+
+
+@pytest.mark.parametrize("method", ["sft", "grpo"])
+def test_hub_training_data_is_read_at_its_pinned_revision(method, monkeypatch):
+    """prepare.hub_revision / train.grpo.hub_revision reach datasets.load_dataset (the hub is offline here:
+    the call is recorded, not made)."""
+    import datasets
+
+    from tinyreason import data
+
+    calls = []
+    row = {"question": "What is 1+1?", "answer": "1+1=2\n#### 2"}
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: calls.append((a, kw)) or [row])
+    if method == "sft":
+        data.load_gsm8k("openai/gsm8k", "main", "train", "abc123")
+    else:
+        data.read_training_rows("knoveleng/open-rs", None, "train", data.GRPO_PATH_FIX, "abc123")
+    assert calls and calls[0][1]["revision"] == "abc123"

@@ -9,6 +9,7 @@ or TRL's conversational form (`[{"role": "assistant", "content": ...}]`).
     accuracy_reward    1 if the answer (boxed by default) is correct under grade_answer, else 0
     cosine_reward(...) accuracy scaled by length on a half cosine (Open-RS3 / open-r1 "cosine")
     length_reward      Kimi-1.5 length penalty across the batch (Tina's "length", used by STILL-3)
+    overlong_reward(...) DAPO's soft overlong punishment on token counts (TRL's implementation)
     build_reward_funcs(grpo_settings) -> (functions, weights) for GRPOTrainer
 
 TRL logs each function's mean and std under `rewards/<__name__>/mean|std` and the weighted sum
@@ -103,6 +104,19 @@ def length_reward(completions, answer, answer_format=None, **kwargs) -> list[flo
     return out
 
 
+def overlong_reward(max_completion_length: int, cache: int | None = None) -> Callable:
+    """DAPO's soft overlong punishment (TRL's get_soft_overlong_punishment): 0 up to max_completion_length
+    - cache tokens, then linearly down to -1 at max_completion_length. cache None: a fifth of the budget."""
+    from trl.rewards import get_soft_overlong_punishment
+
+    punish = get_soft_overlong_punishment(max_completion_length, cache or max(1, max_completion_length // 5))
+
+    def overlong(completions, completion_ids, **kwargs) -> list[float]:
+        return punish(completion_ids)
+
+    return overlong
+
+
 def _named(fn: Callable, name: str) -> Callable:
     """A wrapper of `fn` called `name` (TRL logs rewards by function name)."""
 
@@ -122,6 +136,8 @@ def reward_function(name: str, settings=None) -> Callable:
         return _named(accuracy_reward, "accuracy")
     if name == "length":
         return _named(length_reward, "length")
+    if name == "overlong":
+        return overlong_reward(*((settings.max_completion_length, settings.overlong_cache) if settings else (3584,)))
     if name == "cosine":
         kw = {}
         if settings is not None:

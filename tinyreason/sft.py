@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from tinyreason import modeling, tracking
-from tinyreason.training_args import common_training_arguments
+from tinyreason.training_args import build_trl_config, common_training_arguments
 from tinyreason.config import RunConfig
 from tinyreason.errors import TinyReasonError
 
@@ -334,8 +334,6 @@ def _fast_trainer_class():
 
 
 def build_sft_config(cfg: RunConfig, output_dir: Path, plan: SpeedPlan | None = None):
-    from trl import SFTConfig
-
     t = cfg.train
     plan = plan or plan_speed(cfg, cuda=torch.cuda.is_available())
     dtype = modeling.compute_dtype(cfg.model)
@@ -344,7 +342,7 @@ def build_sft_config(cfg: RunConfig, output_dir: Path, plan: SpeedPlan | None = 
     extra = {}
     if plan.liger:
         extra["use_liger_kernel"] = True
-    return SFTConfig(
+    arguments = dict(
         **common_training_arguments(cfg, output_dir, optim=plan.optim or t.optim),
         per_device_train_batch_size=plan.micro_batch,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
@@ -364,6 +362,7 @@ def build_sft_config(cfg: RunConfig, output_dir: Path, plan: SpeedPlan | None = 
         disable_tqdm=False,
         **extra,
     )
+    return build_trl_config("sft", arguments, t.sft.trl_args)
 
 
 def last_checkpoint(output_dir: Path) -> str | None:

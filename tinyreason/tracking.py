@@ -81,6 +81,7 @@ PLOTTED_CURVES = (
     "train/loss", "eval/loss", "train/learning_rate",
     "train/reward", "train/rewards/format/mean", "train/rewards/accuracy/mean", "train/rewards/cosine/mean",
     "train/completions/mean_length", "train/completions/clipped_ratio", "train/kl",
+    "eval/heldout/accuracy", "eval/heldout/format_rate", "eval/heldout/mean_length",
 )
 
 
