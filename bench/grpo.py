@@ -128,7 +128,8 @@ def make_cfg(work: Path, rollout: str, steps: int, tiny: bool, train: dict | Non
                   "lora": {"r": 32, "alpha": 128, "dropout": 0.05},
                   "grpo": {"train_path": str(work / "train.jsonl"), "prompt": "bench", "num_generations": 8,
                            "max_completion_length": 16 if tiny else 512, "temperature": 0.7, "beta": 0.04,
-                           "loss_type": "grpo", "rollout": rollout, "max_prompt_length": 256}},
+                           "loss_type": "grpo", "rollout": rollout, "max_prompt_length": 256,
+                           "held_out": 0}},  # step time only, no held-out scoring
     }
     over = _deep_merge(over, {"train": WORKLOADS[workload]})
     if tiny:

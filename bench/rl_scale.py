@@ -261,7 +261,8 @@ def main() -> None:
     name = f"rl-scale-{dt.date.today():%Y-%m-%d}-{tag}.json"
     prior = RESULTS / name
     report = json.loads(prior.read_text()) if prior.is_file() else {"gpu": gpu, "runs": {}}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                             text=True, cwd=REPO).stdout.strip()
     base_commit = (args.base / "COMMIT").read_text().strip() if (args.base / "COMMIT").is_file() else str(args.base)
     report.update(gpu=gpu, commit=commit, baseline_commit=base_commit)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -323,6 +323,10 @@ def test_disk_full_while_saving(work, monkeypatch, capsys):
     ({"model": {"load_in_4bit": True}}, ("model.load_in_4bit", "CUDA")),
     ({"train": {"optim": "adamw_8bit"}}, ("train.optim", "CUDA")),
     ({"train": {"report_to": ["dvclive", "wandbb"]}}, ("train.report_to[1]", "did you mean wandb")),
+    ({"train": {"grpo": {"trl_args": {"epsilon_hgh": 0.28}}}},
+     ("train.grpo.trl_args.epsilon_hgh", "not a GRPOConfig field", "did you mean epsilon_high")),
+    ({"train": {"sft": {"trl_args": {"max_steps": 3}}}}, ("train.sft.trl_args.max_steps", "set train.max_steps instead")),
+    ({"train": {"sft": {"trl_args": {"output_dir": "x"}}}}, ("train.sft.trl_args.output_dir", "remove it")),
 ])
 def test_check_stage_refuses_bad_input(work, tiny_model_dir, monkeypatch, capsys, sections, needles):
     import torch

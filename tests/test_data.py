@@ -82,3 +82,21 @@ def test_training_set_from_the_hub_goes_through_the_one_hub_loader(monkeypatch):
     message = str(exc.value)
     assert "\n" not in message and "someone/offline" in message and "ConnectionError" in message
     assert message.endswith(f"(fix: check the id and your connection, or {data.PREPARE_PATH_FIX})")
+
+
+@pytest.mark.parametrize("method", ["sft", "grpo"])
+def test_hub_training_data_is_read_at_its_pinned_revision(method, monkeypatch):
+    """prepare.hub_revision / train.grpo.hub_revision reach datasets.load_dataset (the hub is offline here:
+    the call is recorded, not made)."""
+    import datasets
+
+    from tinyreason import data
+
+    calls = []
+    row = {"question": "What is 1+1?", "answer": "1+1=2\n#### 2"}
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: calls.append((a, kw)) or [row])
+    if method == "sft":
+        data.load_gsm8k("openai/gsm8k", "main", "train", "abc123")
+    else:
+        data.read_training_rows("knoveleng/open-rs", None, "train", data.GRPO_PATH_FIX, "abc123")
+    assert calls and calls[0][1]["revision"] == "abc123"

@@ -33,7 +33,7 @@ def make_dvc_repo(work: Path, model_dir: Path) -> Path:
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("raw", "benchmarks"):
         shutil.copytree(REPO / "data" / name, work / "data" / name)
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", "prompts.yaml", "profiles.yaml"):
         shutil.copy(REPO / name, work / name)
     write_params(work, tiny_run_overrides(model_dir, train={"max_steps": 4}))
     sh(["git", "init", "-q"], work)

@@ -337,7 +337,7 @@ def _iter_jsonl(file: Path, limit: int | None):
 def _hub_help(spec: BenchmarkSpec, hub_id: str) -> str:
     if spec.answer_format == CHOICE:
         return (f"GPQA is gated and not vendored (its authors ask that it not be shared in plain text): accept the "
-                f"terms at https://huggingface.co/datasets/{hub_id}, run `huggingface-cli login` (or set HF_TOKEN), "
+                f"terms at https://huggingface.co/datasets/{hub_id}, run `hf auth login` (or set HF_TOKEN), "
                 f"and run online")
     local = f" or use the vendored copy ({spec.path})" if spec.path else ""
     return f"check the network / HF_HUB_OFFLINE and the dataset id{local}"

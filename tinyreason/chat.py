@@ -203,6 +203,24 @@ def resolve_adapter(cfg, params: str | Path, adapter: str | None, base_only: boo
     return path
 
 
+def trained_prompt(cfg, adapter: Path | None):
+    """The chat format the adapter was trained on, as its params.json records it: train.grpo.prompt after
+    GRPO, prepare.prompt after SFT (the recorded text, should params.yaml have changed since). Without an
+    adapter or a record: the params' prepare.prompt."""
+    from tinyreason.config import PromptConfig
+
+    record = adapter / "params.json" if adapter is not None else None
+    trained = json.loads(record.read_text()) if record is not None and record.is_file() else {}
+    train = trained.get("train") or {}
+    section = (train.get("grpo") or {}) if train.get("method") == "grpo" else (trained.get("prepare") or {})
+    name = section.get("prompt")
+    recorded = (trained.get("prompts") or {}).get(name)
+    if isinstance(recorded, dict):
+        known = {f.name for f in dataclasses.fields(PromptConfig)}
+        return PromptConfig(**{k: v for k, v in recorded.items() if k in known})
+    return cfg.prompts.get(name) or cfg.prompt(cfg.prepare.prompt)
+
+
 def _quiet_transformers() -> None:
     import transformers
 
@@ -332,17 +350,17 @@ class _Interrupted(Exception):
 
 def _build_solver(args, defaults: dict, console_err) -> Solver:
     cfg = resolve_config(args.params, args.profile, args.model)
-    prompt_name = args.prompt or cfg.prepare.prompt
-    if prompt_name not in cfg.prompts:
-        raise TinyReasonError(f"--prompt {prompt_name}: not defined under prompts in {args.params} "
+    if args.prompt is not None and args.prompt not in cfg.prompts:
+        raise TinyReasonError(f"--prompt {args.prompt}: not defined under prompts in {args.params} "
                               f"(fix: one of {', '.join(cfg.prompts)})")
     adapter = resolve_adapter(cfg, args.params, args.adapter, args.base_only, profile_given=args.profile is not None)
+    prompt = cfg.prompts[args.prompt] if args.prompt is not None else trained_prompt(cfg, adapter)
     what = cfg.model.name_or_path + (f" + adapter {adapter}" if adapter else " (base model only)")
     console_err.print(f"loading {what} ...", style="dim", markup=False, highlight=False)
     tokenizer, model = load_model(cfg, adapter)
     temperature = defaults["temperature"] if args.temperature is None else args.temperature
     max_new_tokens = defaults["max_new_tokens"] if args.max_new_tokens is None else args.max_new_tokens
-    return Solver(model, tokenizer, cfg.prompts[prompt_name], temperature=temperature, top_p=args.top_p,
+    return Solver(model, tokenizer, prompt, temperature=temperature, top_p=args.top_p,
                   max_new_tokens=max_new_tokens, seed=cfg.seed if args.seed is None else args.seed)
 
 
@@ -491,7 +509,8 @@ def _add_common(parser: argparse.ArgumentParser, defaults: dict) -> None:
                        help="LoRA adapter directory (default: models/adapter next to the params file)")
     which.add_argument("--base-only", action="store_true", help="use the base model without an adapter")
     parser.add_argument("--prompt", default=None, metavar="NAME",
-                        help="chat format under `prompts:` (default: the one training used, prepare.prompt)")
+                        help="a chat format of prompts.yaml (default: the adapter's own, train.grpo.prompt after GRPO, "
+                             "prepare.prompt after SFT)")
     parser.add_argument("--temperature", type=_non_negative, default=None,
                         help=f"sampling temperature, 0 = greedy (default: {defaults['temperature']})")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: 1.0)")

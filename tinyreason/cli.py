@@ -33,7 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `tinyreason recipe NAME [options] -- <dvc exp run flags>`: what follows `--` goes to DVC as is,
+    # wherever the options stand (argparse hands `--` only to a trailing positional).
+    dvc_args: list[str] = []
+    if argv[:1] == ["recipe"] and "--" in argv:
+        argv, dvc_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = build_parser().parse_args(argv)
+    if dvc_args:
+        args.dvc_args = dvc_args
     try:
         return int(args.func(args) or 0)
     except TinyReasonError as exc:

@@ -71,6 +71,7 @@ class PrepareConfig:
     train_path: str = "data/raw/gsm8k/train.jsonl"
     hub_config: str = "main"
     hub_split: str = "train"
+    hub_revision: str | None = None  # a hub dataset's commit, branch or tag (null: the newest)
     num_samples: int = field(default=2000, metadata=_range(1))
     val_fraction: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))
     prompt: str = FINAL_ANSWER
@@ -100,6 +101,7 @@ class GrpoSettings:
     train_path: str | None = None
     hub_config: str | None = None
     hub_split: str = "train"
+    hub_revision: str | None = None  # a hub dataset's commit, branch or tag (null: the newest)
     num_samples: int | None = field(default=None, metadata=_range(1))  # None: every row
     # A training problem that is also a test-benchmark problem is an error; true drops it instead.
     drop_test_overlap: bool = False
@@ -126,6 +128,9 @@ class GrpoSettings:
     cosine_correct_long: float = 0.5
     cosine_wrong_short: float = 0.0
     cosine_wrong_long: float = -0.5
+    # overlong reward (DAPO's soft overlong punishment): 0 up to max_completion_length - overlong_cache
+    # tokens, then down to -1 at max_completion_length. null: a fifth of max_completion_length (DAPO: 4k of 20k).
+    overlong_cache: int | None = field(default=None, metadata=_range(1))
     # lr_scheduler_type=cosine_with_min_lr: the floor as a fraction of learning_rate.
     min_lr_rate: float = field(default=0.1, metadata=_range(0.0, 1.0))
     # The half-cosine trick: train.max_steps sets the schedule's length, training stops here (null:
@@ -142,6 +147,20 @@ class GrpoSettings:
     # the unmerged LoRA model: no adapter matmuls per generated token. Off: the engine runs PEFT as is.
     merge_for_rollout: bool = True
     log_completions: bool = False
+    # Training problems held out of training and scored every train.eval_steps with the evaluate stage's
+    # grader (tinyreason/monitoring.py): held-out accuracy, format rate and length curves. 0: off.
+    held_out: int = field(default=16, metadata=_range(0))
+    # Any other GRPOConfig field (epsilon_high, num_iterations, ...), merged last; checked against
+    # GRPOConfig by the check stage (tinyreason/training.py TRL_OWNED, GRPO_OWNED: keys set from params).
+    trl_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SftSettings:
+    """train.method=sft: settings of SFT alone."""
+
+    # Any other SFTConfig field (neftune_noise_alpha, ...), merged last, checked like train.grpo.trl_args.
+    trl_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -182,6 +201,7 @@ class TrainConfig:
     # Where the training curves go (names: TRACKERS). dvclive is required: dvc.yaml's train outputs and
     # plots read dvclive/train. The others are passed to the trainer as transformers' report_to.
     report_to: list[str] = field(default_factory=lambda: ["dvclive"])
+    sft: SftSettings = field(default_factory=SftSettings)
     grpo: GrpoSettings = field(default_factory=GrpoSettings)
 
 
@@ -406,7 +426,7 @@ def _apply_profile(sections: dict, overlay: dict, name: str, path: tuple[str, ..
             merged[key] = value
         elif current != value:
             dotted = ".".join(here)
-            log.info("profile %s: keeping %s=%r (set in params.yaml or with -S) over profiles.%s.%s=%r",
+            log.info("profile %s: keeping %s=%r (set in params.yaml or with -S) over profiles.yaml %s.%s=%r",
                      name, dotted, current, name, dotted, value)
     return merged
 
@@ -477,21 +497,49 @@ def _check_grpo(cfg: RunConfig, source: str) -> None:
     if batch % g.num_generations:
         _fail(source, "train.grpo.num_generations", f"{g.num_generations} must divide per_device_train_batch_size"
                                                     f" x gradient_accumulation_steps = {batch} (completions per step)")
+    if g.overlong_cache is not None and g.overlong_cache >= g.max_completion_length:
+        _fail(source, "train.grpo.overlong_cache", f"{g.overlong_cache} must be below train.grpo.max_completion_length="
+                                                   f"{g.max_completion_length} (fix: e.g. a fifth of it, or null)")
     if g.stop_at_step is not None and g.stop_at_step > t.max_steps:
         _fail(source, "train.grpo.stop_at_step", f"{g.stop_at_step} is past train.max_steps={t.max_steps} "
                                                  "(fix: stop_at_step <= max_steps)")
 
 
-def config_from_dict(raw: dict, source: str = "params.yaml") -> RunConfig:
-    """Resolve the profile and validate. `source` names the file in error messages."""
+# Chat formats and profiles live in files of their own beside params.yaml (stage deps in dvc.yaml, not
+# params), so `dvc exp show` lists the knobs rather than template strings and every profile key. A params
+# file may still hold `prompts:` / `profiles:` of its own: they are merged over the files'.
+SIDE_FILES = ("prompts", "profiles")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _with_side_files(raw: dict, directory: Path | None) -> dict:
+    """`raw` with prompts.yaml and profiles.yaml merged under it: the copies in `directory` (the params
+    file's) when there, else in the working directory (the repository root, where stages run; an
+    installed package is not in the checkout), else beside this package's source."""
+    raw = dict(raw)
+    for key in SIDE_FILES:
+        found = [Path(d) / f"{key}.yaml" for d in (directory, ".", REPO_ROOT) if d is not None]
+        path = next((p for p in found if p.is_file()), found[-1])
+        shipped = (_read_yaml(path) or {}) if path.is_file() else {}
+        if not isinstance(shipped, dict):
+            raise ConfigError(f"{path}: expected a mapping of names at the top level (fix: see git show HEAD:{key}.yaml)")
+        if not isinstance(raw.get(key) or {}, dict):
+            _fail("params.yaml", key, "expected a mapping of names")
+        raw[key] = _deep_merge(shipped, raw.get(key) or {})
+    return raw
+
+
+def config_from_dict(raw: dict, source: str = "params.yaml", directory: Path | None = None) -> RunConfig:
+    """Resolve the profile and validate. `source` names the file in error messages; `directory` holds the
+    prompts.yaml / profiles.yaml to use (None: the repository's)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
-    raw = dict(raw)
+    raw = _with_side_files(raw, directory)
     profiles = raw.pop("profiles", {}) or {}
     profile = raw.get("profile", "seed")
     if profile != "seed":
         if profile not in profiles:
-            _fail(source, "profile", f"{profile!r} has no section under profiles "
+            _fail(source, "profile", f"{profile!r} has no section under profiles (profiles.yaml) "
                                      f"(fix: use one of seed, {', '.join(profiles)})")
         if not isinstance(profiles[profile], dict):
             _fail(source, f"profiles.{profile}", "expected a mapping of sections to override")
@@ -519,7 +567,7 @@ def load_config(path: str | Path = "params.yaml", profile: str | None = None) ->
     raw = _read_yaml(path)
     if profile is not None and isinstance(raw, dict):
         raw["profile"] = profile
-    return config_from_dict(raw, str(path) if profile is None else f"{path} (--profile {profile})")
+    return config_from_dict(raw, str(path) if profile is None else f"{path} (--profile {profile})", path.parent)
 
 
 def config_to_dict(cfg) -> dict:
@@ -532,6 +580,20 @@ def load_params_mapping(path: str | Path) -> dict:
     merged over before `config_from_dict` validates the result."""
     path = Path(path)
     return (_read_yaml(path) or {}) if path.is_file() else {}
+
+
+def committed_params_mapping(path: str | Path = "params.yaml") -> dict | None:
+    """The params file as of the last commit (`git show HEAD:./<path>`), unvalidated; None outside a git
+    checkout or when it is not committed. The difference with the file now is what `dvc exp run -S`
+    (or an edit) changed."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(["git", "show", f"HEAD:./{path}"], capture_output=True, text=True, timeout=60)
+        data = yaml.safe_load(proc.stdout) if proc.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -74,22 +74,24 @@ def grpo_local_file(cfg) -> Path | None:
     return local_data_file(g.train_path, GRPO_PATH_FIX)
 
 
-def read_training_rows(spec: str, hub_config: str | None, hub_split: str, fix: str) -> tuple[list, int]:
-    """Raw rows of a local JSONL file or a hub dataset, and how many local lines were not JSON.
-    `fix` completes the one-line error for a missing file (which param to set, to what)."""
+def read_training_rows(spec: str, hub_config: str | None, hub_split: str, fix: str,
+                       hub_revision: str | None = None) -> tuple[list, int]:
+    """Raw rows of a local JSONL file or a hub dataset (at `hub_revision`), and how many local lines were
+    not JSON. `fix` completes the one-line error for a missing file (which param to set, to what)."""
     path = local_data_file(spec, fix)
     if path is None:
         return sources.load_hub_rows(spec, hub_config, hub_split, "the training set",
-                                     f"check the id and your connection, or {fix}"), 0
+                                     f"check the id and your connection, or {fix}", revision=hub_revision), 0
     rows, bad_json = sources.read_jsonl_counting_malformed(path)
     if bad_json:
         log.warning("%s: %d line(s) are not valid JSON", spec, bad_json)
     return rows, bad_json
 
 
-def load_gsm8k(spec: str, hub_config: str = "main", hub_split: str = "train") -> tuple[list[ReasoningExample], int]:
+def load_gsm8k(spec: str, hub_config: str = "main", hub_split: str = "train",
+               hub_revision: str | None = None) -> tuple[list[ReasoningExample], int]:
     """Load GSM8K-style rows from a local JSONL path or a hub dataset id."""
-    rows, bad_json = read_training_rows(spec, hub_config, hub_split, PREPARE_PATH_FIX)
+    rows, bad_json = read_training_rows(spec, hub_config, hub_split, PREPARE_PATH_FIX, hub_revision)
     examples, dropped = parse_gsm8k_rows(rows, spec)
     if not examples:
         raise DataError(f"{spec}: no usable rows after dropping {dropped + bad_json} malformed one(s) "
@@ -117,7 +119,8 @@ def build_prepared_splits(cfg, tokenizer) -> tuple[dict[str, list[dict]], dict]:
     """
     from tinyreason import prompts
 
-    examples, dropped = load_gsm8k(cfg.prepare.train_path, cfg.prepare.hub_config, cfg.prepare.hub_split)
+    examples, dropped = load_gsm8k(cfg.prepare.train_path, cfg.prepare.hub_config, cfg.prepare.hub_split,
+                                   cfg.prepare.hub_revision)
     try:
         train, val = subsample_and_split(examples, cfg.prepare.num_samples, cfg.prepare.val_fraction, cfg.seed)
     except DataError as exc:  # name the file: too few of its rows survived the filtering

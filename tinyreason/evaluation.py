@@ -163,13 +163,38 @@ def print_comparison(metrics: dict) -> None:
     Console(width=None if sys.stdout.isatty() else 130).print(comparison_table(metrics))
 
 
+def _text_at_revision(path, rev: str) -> str:
+    """A committed file as of `rev`: a git revision or a DVC experiment's name (DVC resolves it: an
+    experiment is a git commit under refs/exps/, with metrics.json in it since it is not cached)."""
+    import subprocess
+
+    from dvc.scm import SCM, RevError, resolve_rev
+
+    scm = SCM(".")
+    try:
+        sha = resolve_rev(scm, rev)
+    except RevError as exc:
+        raise TinyReasonError(f"{path} at {rev}: {exc} (fix: name an experiment `dvc exp show` lists, or a "
+                              "commit)") from None
+    finally:
+        scm.close()
+    proc = subprocess.run(["git", "show", f"{sha}:./{path}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise TinyReasonError(f"{path} at {rev}: not in that run (fix: name a run whose evaluate stage finished)")
+    return proc.stdout
+
+
 def compare_command(args) -> int:
     import json
     from pathlib import Path
 
     path = Path(args.metrics)
+    if args.rev:
+        print_comparison(json.loads(_text_at_revision(path, args.rev)))
+        return 0
     if not path.is_file():
-        raise TinyReasonError(f"{path}: not found (fix: run the evaluate stage, `dvc repro`)")
+        raise TinyReasonError(f"{path}: not found (fix: run the evaluate stage, `dvc repro`; after a run in a "
+                              "temporary copy, `tinyreason compare --rev NAME` or `dvc exp apply NAME`)")
     print_comparison(json.loads(path.read_text()))
     return 0
 
@@ -180,4 +205,6 @@ def add_parser(subparsers) -> None:
                                                "McNemar's p. To compare two experiments, use "
                                                "`dvc metrics diff` or `dvc exp show`.")
     parser.add_argument("metrics", nargs="?", default=str(paths.METRICS))
+    parser.add_argument("--rev", metavar="REV", help="read metrics.json as of a commit or a DVC experiment's "
+                                                     "name (default: the file in this checkout)")
     parser.set_defaults(func=compare_command)

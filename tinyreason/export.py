@@ -238,7 +238,8 @@ def _data_section(trained: dict, source: str, prompt_name: str, root: Path) -> l
         rows += f" (subsampled and split with seed {seed})"
     hub = ""
     if _hub_id(source):
-        hub = f" (split `{where['hub_split']}`" + (f", config `{where['hub_config']}`)" if where["hub_config"] else ")")
+        hub = (f" (split `{where['hub_split']}`" + (f", config `{where['hub_config']}`" if where["hub_config"] else "")
+               + f", revision `{where.get('hub_revision') or 'unpinned: the newest at training time'}`)")
     return [f"- Source: `{source}`{hub}", f"- {rows}, chat format `{prompt_name}`"]
 
 
@@ -258,6 +259,7 @@ def model_card(cfg: RunConfig, trained: dict, root: Path, dtype: str, repo_id: s
                          datasets=[source] if _hub_id(source) else None,
                          tags=["tinyreason", "lora", "merged", method, "math", "reasoning"])
     base = model["name_or_path"] + (f" ({model['gguf_file']})" if model.get("gguf_file") else "")
+    base += f" @ {model['revision']}" if model.get("revision") else ""
     name = repo_id or paths.EXPORT.as_posix()
     title = repo_id.split("/")[-1] if repo_id else f"{Path(model['name_or_path']).name}, tinyreason {method}"
     body = [

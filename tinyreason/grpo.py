@@ -32,12 +32,13 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from tinyreason import benchmarks, modeling, rollout, sources
+from tinyreason import benchmarks, modeling, monitoring, rollout, sources
 from tinyreason.checkpoints import last_checkpoint
 from tinyreason.config import RunConfig
 from tinyreason.errors import DataError
 from tinyreason.grpo_plan import GrpoPlan, make_grpo_plan, plan_grpo
-from tinyreason.training import TrainResult, common_training_arguments, precision_flags, training_metrics
+from tinyreason.training import (TrainResult, build_trl_config, common_training_arguments, precision_flags,
+                                 training_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def load_problems(cfg: RunConfig, prepared_train: Path) -> list[dict]:
         source = g.train_path
         from tinyreason.data import GRPO_PATH_FIX, read_training_rows
 
-        raw, _ = read_training_rows(g.train_path, g.hub_config, g.hub_split, GRPO_PATH_FIX)
+        raw, _ = read_training_rows(g.train_path, g.hub_config, g.hub_split, GRPO_PATH_FIX, g.hub_revision)
     rows = [p for p in map(_row_to_problem, raw) if p is not None]
     if len(rows) < len(raw):
         log.warning("%s: dropped %d malformed row(s) (need a problem/question and an answer or a boxed "
@@ -130,12 +131,10 @@ def build_dataset(cfg: RunConfig, tokenizer, rows: list[dict]):
 
 
 def build_grpo_config(cfg: RunConfig, output_dir: Path, plan: GrpoPlan | None = None):
-    from trl import GRPOConfig
-
     t, g = cfg.train, cfg.train.grpo
     plan = plan or plan_grpo(cfg, cuda=False)
     scheduler_kwargs = {"min_lr_rate": g.min_lr_rate} if t.lr_scheduler_type == "cosine_with_min_lr" else None
-    return GRPOConfig(
+    arguments = dict(
         **common_training_arguments(cfg, output_dir),
         # the rollout batch (micro-batch x accumulation) is the params'; its cut is the memory plan's
         per_device_train_batch_size=plan.micro_batch,
@@ -160,6 +159,7 @@ def build_grpo_config(cfg: RunConfig, output_dir: Path, plan: GrpoPlan | None = 
         log_completions=g.log_completions,
         **rollout.vllm_arguments(g),
     )
+    return build_trl_config("grpo", arguments, g.trl_args)  # train.grpo.trl_args merged last
 
 
 class StopAtStep(TrainerCallback):
@@ -187,7 +187,9 @@ def build_trainer(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=N
 
     g = cfg.train.grpo
     tokenizer = modeling.load_tokenizer(cfg.model)
-    dataset = build_dataset(cfg, tokenizer, load_problems(cfg, Path(train_file)))
+    # train.grpo.held_out problems are held out of training and scored every eval_steps (monitoring.py)
+    train_rows, held_rows = monitoring.hold_out(load_problems(cfg, Path(train_file)), g.held_out, cfg.seed)
+    dataset = build_dataset(cfg, tokenizer, train_rows)
     plan = make_grpo_plan(cfg)
     log.info("GRPO memory plan: %s", plan)
     args = build_grpo_config(cfg, checkpoint_dir, plan)
@@ -195,16 +197,20 @@ def build_trainer(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=N
         reward_funcs, _ = rewards.build_reward_funcs(g)
     elif len(reward_funcs) != len(g.reward_weights):
         args.reward_weights = [1.0] * len(reward_funcs)
+    sampler = monitoring.CompletionSampler(live.dir if live is not None else None)  # completions.jsonl
     model = modeling.load_base_model(cfg.model, for_training=True)
     engine = rollout.rollout_kind(cfg) == "engine"
     if engine:  # rollout_func is marked experimental in TRL 1.16; we pin and test it
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    callbacks = [StopAtStep(g.stop_at_step)]
+    callbacks = [StopAtStep(g.stop_at_step), sampler]
+    if held_rows:
+        callbacks.append(monitoring.HeldOutMonitor(build_dataset(cfg, tokenizer, held_rows), tokenizer,
+                                                   cfg.train.eval_steps, g.max_completion_length, cfg.seed, live))
     if live is not None:
         callbacks.append(LiveMetricsCallback(live))
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=reward_funcs,
+        reward_funcs=sampler.wrap(reward_funcs),
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -242,6 +248,10 @@ def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None
         "final_completion_mean_length": last("completions/mean_length"),
         "final_clipped_ratio": last("completions/clipped_ratio"),
         "final_kl": last("kl"),
+        # the held-out slice (train.grpo.held_out) at the last step: accuracy, format rate, mean length
+        "final_heldout": {k.split("/", 1)[1]: round(float(v), 6) for k, v in next(
+            (e for e in reversed(trainer.state.log_history) if "eval_heldout/accuracy" in e), {}).items()
+            if k != "step"},
         "train_problems": len(trainer.train_dataset),
         "rollout": rollout.rollout_kind(cfg),
         "memory_plan": getattr(trainer, "memory_plan", None) and trainer.memory_plan.to_dict(),

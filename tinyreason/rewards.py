@@ -9,6 +9,7 @@ or TRL's conversational form (`[{"role": "assistant", "content": ...}]`).
     accuracy_reward    1 if the answer (boxed by default) is correct under grade_answer, else 0
     cosine_reward(...) accuracy scaled by length on a half cosine (Open-RS3 / open-r1 "cosine")
     length_reward      Kimi-1.5 length penalty across the batch (Tina's "length", used by STILL-3)
+    overlong_reward(...) DAPO's soft overlong punishment on token counts (TRL's implementation)
     REWARDS                        the registry: params name -> builder of the function
     build_reward_funcs(grpo_settings) -> (functions, weights) for GRPOTrainer
 
@@ -105,6 +106,19 @@ def length_reward(completions, answer, answer_format=None, **kwargs) -> list[flo
     return out
 
 
+def overlong_reward(max_completion_length: int, cache: int | None = None) -> Callable:
+    """DAPO's soft overlong punishment (TRL's get_soft_overlong_punishment): 0 up to max_completion_length
+    - cache tokens, then linearly down to -1 at max_completion_length. cache None: a fifth of the budget."""
+    from trl.rewards import get_soft_overlong_punishment
+
+    punish = get_soft_overlong_punishment(max_completion_length, cache or max(1, max_completion_length // 5))
+
+    def overlong(completions, completion_ids, **kwargs) -> list[float]:
+        return punish(completion_ids)
+
+    return overlong
+
+
 def _named(fn: Callable, name: str) -> Callable:
     """A wrapper of `fn` called `name` (TRL logs rewards by function name)."""
 
@@ -125,19 +139,27 @@ def _cosine_of(settings) -> Callable:
                          wrong_long=settings.cosine_wrong_long)
 
 
+def _overlong_of(settings) -> Callable:
+    """`overlong_reward` for GrpoSettings' completion budget and overlong_cache (3584 tokens without settings)."""
+    if settings is None:
+        return overlong_reward(3584)
+    return overlong_reward(settings.max_completion_length, settings.overlong_cache)
+
+
 # The reward functions GRPO can use, by params name (train.grpo.reward_funcs), defined here once. Each
-# entry builds its function from GrpoSettings (or None); only cosine reads them.
+# entry builds its function from GrpoSettings (or None); cosine and overlong read them.
 REWARDS: dict[str, Callable] = {
     "format": lambda settings: format_reward,
     "accuracy": lambda settings: accuracy_reward,
     "cosine": _cosine_of,
     "length": lambda settings: length_reward,
+    "overlong": _overlong_of,
 }
 
 
 def reward_function(name: str, settings=None) -> Callable:
     """The reward function for a params name, named so (TRL logs it by name); `settings` (GrpoSettings)
-    parameterises `cosine`."""
+    parameterises `cosine` and `overlong`."""
     if name not in REWARDS:
         raise ConfigError(f"train.grpo.reward_funcs: unknown reward {name!r} (known: {', '.join(REWARDS)})")
     return _named(REWARDS[name](settings), name)

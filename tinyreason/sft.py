@@ -32,8 +32,8 @@ from tinyreason import modeling, sources, tracking
 from tinyreason.checkpoints import last_checkpoint, step_of
 from tinyreason.config import RunConfig
 from tinyreason.errors import TinyReasonError
-from tinyreason.training import (GIB, ModelDims, TrainResult, common_training_arguments, estimate_peak_bytes,
-                                 model_dims, precision_flags, training_metrics)
+from tinyreason.training import (GIB, ModelDims, TrainResult, build_trl_config, common_training_arguments,
+                                 estimate_peak_bytes, model_dims, precision_flags, training_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +152,9 @@ def _plan_for(cfg: RunConfig, checkpoint_dir: Path, resume: str | None, tokenize
 
 
 def build_sft_config(cfg: RunConfig, output_dir: Path, plan: SpeedPlan | None = None):
-    from trl import SFTConfig
-
     t = cfg.train
     plan = plan or plan_speed(cfg, cuda=torch.cuda.is_available())
-    return SFTConfig(
+    arguments = dict(
         **common_training_arguments(cfg, output_dir),
         per_device_train_batch_size=plan.micro_batch,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
@@ -174,6 +172,7 @@ def build_sft_config(cfg: RunConfig, output_dir: Path, plan: SpeedPlan | None = 
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=False,
     )
+    return build_trl_config("sft", arguments, t.sft.trl_args)  # train.sft.trl_args merged last
 
 
 def build_trainer(cfg: RunConfig, train_file: Path, val_file: Path, checkpoint_dir: Path, live=None, *,

@@ -43,15 +43,19 @@ def read_jsonl_counting_malformed(path: str | Path) -> tuple[list, int]:
     return rows, bad
 
 
-def load_hub_rows(hub_id: str, config: str | None, split: str, what: str, fix: str) -> list[dict]:
-    """The rows of a hub dataset split; any failure (network, auth for gated sets, unknown id, config or
-    split) is a one-line DataError naming `what` was loaded and ending with `fix`."""
+def load_hub_rows(hub_id: str, config: str | None, split: str, what: str, fix: str,
+                  revision: str | None = None) -> list[dict]:
+    """The rows of a hub dataset split (at `revision`: a commit, tag or branch); any failure (network, auth
+    for gated sets, unknown id, config, split or revision) is a one-line DataError naming `what` was loaded
+    and ending with `fix`."""
     try:
         import datasets  # heavy import: only when a hub id is asked for
 
-        dataset = datasets.load_dataset(hub_id, config, split=split)
+        pinned = {"revision": revision} if revision else {}
+        dataset = datasets.load_dataset(hub_id, config, split=split, **pinned)
     except Exception as exc:
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise DataError(f"cannot load {what} from the Hugging Face Hub ({hub_id}{', ' + config if config else ''}, "
+        at = f" @ {revision}" if revision else ""
+        raise DataError(f"cannot load {what} from the Hugging Face Hub ({hub_id}{at}{', ' + config if config else ''}, "
                         f"split {split}): {type(exc).__name__}: {reason} (fix: {fix})") from None
     return [dict(row) for row in dataset]

@@ -104,6 +104,7 @@ PLOTTED_CURVES = (
     "train/loss", "eval/loss", "train/learning_rate",
     "train/reward", *(f"train/rewards/{name}/mean" for name in REWARDS),
     "train/completions/mean_length", "train/completions/clipped_ratio", "train/kl",
+    "eval/heldout/accuracy", "eval/heldout/format_rate", "eval/heldout/mean_length",
 )
 
 
