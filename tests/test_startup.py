@@ -23,7 +23,8 @@ def test_check_stage_imports_neither_torch_nor_transformers(tmp_path):
     proc = subprocess.run([sys.executable, "-c", probe], cwd=work, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines() == ["check: params and inputs are valid (8 checks)", "[]"]
+    printed = proc.stdout.strip().splitlines()
+    assert printed[0].startswith("check: params and inputs are valid") and printed[1:] == ["[]"]
 
 
 def _probe_texts(tokenizer) -> dict:
