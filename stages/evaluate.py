@@ -2,27 +2,25 @@
 metrics.json (per benchmark, with intervals and a paired test), predictions/<benchmark>.jsonl,
 metrics/evaluate.json (cost), dvclive/eval/ (accuracy per benchmark)."""
 
-import json
 import logging
 import sys
-from pathlib import Path
 
-from tinyreason import evaluation, modeling
+from tinyreason import evaluation, modeling, paths, sources
 from tinyreason.config import load_config
 from tinyreason.cost import measure_cost
 from tinyreason.errors import TinyReasonError, run_stage
 from tinyreason.outputs import atomic_directory, atomic_write_json, atomic_write_jsonl
 
-TEST, ADAPTER = Path("data/prepared/test.jsonl"), Path("models/adapter")
+TEST, ADAPTER = paths.PREPARED_TEST, paths.ADAPTER
 
 
 def main() -> None:
     from dvclive import Live
 
-    cfg = load_config("params.yaml")
+    cfg = load_config(paths.PARAMS)
     if not TEST.is_file():
         raise TinyReasonError(f"{TEST}: not found (fix: run the prepare stage, `dvc repro prepare`)")
-    rows = [json.loads(line) for line in TEST.read_text().splitlines() if line.strip()]
+    rows = sources.read_jsonl(TEST, "rerun the prepare stage, `dvc repro prepare`")
     with_adapter = cfg.evaluate.adapter == "trained"  # none: the base model alone, no adapter needed
     if with_adapter:
         modeling.check_adapter_matches(ADAPTER, cfg.model)
@@ -41,11 +39,11 @@ def main() -> None:
     samples = {r["benchmark"]: cfg.evaluate.samples_of(r["benchmark"]) for r in rows}  # k per benchmark
     metrics = evaluation.build_metrics(records, samples)
 
-    with atomic_directory("predictions") as out:
+    with atomic_directory(paths.PREDICTIONS) as out:
         for bench in metrics:
             atomic_write_jsonl(out / f"{bench}.jsonl",
                                [r for recs in records.values() for r in recs if r["benchmark"] == bench])
-    with atomic_directory("dvclive/eval") as live_dir:
+    with atomic_directory(paths.EVAL_LIVE) as live_dir:
         live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
         for bench, entry in metrics.items():
             for label in records:
@@ -54,8 +52,8 @@ def main() -> None:
         live.log_plot("accuracy", evaluation.accuracy_datapoints(metrics), x="accuracy", y="benchmark",
                       template="bar_horizontal_sorted", title="Accuracy per benchmark")
         live.end()
-    atomic_write_json("metrics/evaluate.json", {"cost": cost})
-    atomic_write_json("metrics.json", metrics)
+    atomic_write_json(paths.EVALUATE_METRICS, {"cost": cost})
+    atomic_write_json(paths.METRICS, metrics)
     evaluation.print_comparison(metrics)
 
 

@@ -58,6 +58,23 @@ def tiny_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def qwen25_15b_dims(tmp_path_factory):
+    """Qwen2.5-1.5B's shape (bench/common.py), read by `training.model_dims` from its config.json on the
+    meta device (no weights): what the SFT and GRPO memory plans are planned for."""
+    from transformers import Qwen2Config
+
+    from bench.common import QWEN25_15B
+    from tinyreason.config import ModelConfig
+    from tinyreason.training import model_dims
+
+    out = tmp_path_factory.mktemp("qwen2.5-1.5b-config")
+    Qwen2Config(**QWEN25_15B).save_pretrained(out)
+    dims = model_dims(ModelConfig(name_or_path=str(out)))
+    assert dims is not None and dims.n_params == 1_543_714_304 and dims.vocab == QWEN25_15B["vocab_size"]
+    return dims
+
+
 @functools.lru_cache(maxsize=None)
 def shipped_text(name: str = "params.yaml") -> str:
     """A params file as shipped (params.yaml, prompts.yaml, profiles.yaml): the committed copy (`git show

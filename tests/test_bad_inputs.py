@@ -1,4 +1,4 @@
-"""Issue 9, bad inputs: each one makes a stage fail with a non-zero exit, one `error:` line on stderr
+"""Bad inputs: each one makes a stage fail with a non-zero exit, one `error:` line on stderr
 that names the file or key and says how to fix it, no traceback, and no output written or changed.
 
 Most cases run the stage's main() in this process through errors.run_stage (the same wrapper the
@@ -304,7 +304,7 @@ def test_disk_full_while_saving(work, monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 14.5: the check stage (first in the DAG) refuses each bad input before any other stage runs
+# The check stage (first in the DAG) refuses each bad input before any other stage runs
 
 
 @pytest.mark.parametrize("sections, needles", [

@@ -466,7 +466,7 @@ def test_solve_json_and_show_reasoning(fake_solver, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# solve: a spinner on a terminal, nothing extra when piped (issue 17.4)
+# solve: a spinner on a terminal, nothing extra when piped
 
 
 def test_solve_shows_a_spinner_on_a_terminal_and_then_the_answer(tiny_model):

@@ -89,7 +89,7 @@ def test_invalid_yaml_and_missing_file_are_one_line_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 14.3: a profile never eats a value the user sets
+# A profile never eats a value the user sets
 
 
 def dvc_set(tmp_path, *overrides: str):

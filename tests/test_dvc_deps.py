@@ -1,4 +1,4 @@
-"""Issue 14.2: every module a stage runs is a dependency of that stage in dvc.yaml, so editing it
+"""Every module a stage runs is a dependency of that stage in dvc.yaml, so editing it
 makes `dvc repro` rerun the stage instead of serving stale results.
 
 Static: parse stages/<stage>.py, follow every import of tinyreason (absolute or relative, at module

@@ -76,7 +76,7 @@ def test_repro_then_noop_then_only_dependent_stages(dvc_repo):
     assert "train/loss.tsv" in show and "eval/loss.tsv" in show
 
 
-# Issue 14.5: a failed run loses nothing. Every output of the pipeline, compared byte for byte.
+# A failed run loses nothing. Every output of the pipeline, compared byte for byte.
 OUTPUTS = ("data/prepared", "models/adapter", "metrics/train.json", "metrics/prepare.json", "dvclive",
            "predictions", "metrics.json", "metrics/evaluate.json")
 BAD_INPUTS = [

@@ -97,10 +97,14 @@ def test_bad_vllm_params_fail_in_one_line(override, key):
     assert key in str(exc.value) and "\n" not in str(exc.value)
 
 
-def test_reward_names_in_config_match_rewards_module():
-    from tinyreason import config, rewards
+def test_every_registered_reward_is_accepted_and_others_refused():
+    from tinyreason import rewards
 
-    assert set(config.GRPO_REWARDS) == set(rewards.REWARD_NAMES)
+    names = list(rewards.REWARDS)
+    assert grpo_cfg(grpo={"reward_funcs": names, "reward_weights": [1.0] * len(names)}).train.grpo.reward_funcs == names
+    with pytest.raises(ConfigError) as exc:
+        grpo_cfg(grpo={"reward_funcs": ["format", "brevity"], "reward_weights": [1.0, 1.0]})
+    assert "unknown reward 'brevity'" in str(exc.value) and f"known: {', '.join(names)}" in str(exc.value)
 
 
 # ---------------------------------------------------------------------------------------------

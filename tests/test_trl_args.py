@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from test_grpo import one_thread, toy_config, toy_setup  # noqa: F401 - fixtures
-from tinyreason import training_args
+from tinyreason import training
 from tinyreason.errors import ConfigError
 
 
@@ -56,9 +56,9 @@ def test_every_pipeline_set_field_is_owned_or_a_deliberate_default(method, toy_s
     (grpo.build_grpo_config if method == "grpo" else sft.build_sft_config)(cfg, root / "ckpt")
     overridable = {"logging_first_step", "gradient_checkpointing_kwargs", "dataloader_num_workers", "disable_tqdm",
                    "include_num_input_tokens_seen", "use_liger_kernel"}
-    owned = {**training_args.TRL_OWNED, **(training_args.GRPO_OWNED if method == "grpo" else training_args.SFT_OWNED)}
+    owned = {**training.TRL_OWNED, **(training.GRPO_OWNED if method == "grpo" else training.SFT_OWNED)}
     assert set(seen) - set(owned) <= overridable
-    fields = {f.name for f in dataclasses.fields(training_args.trl_config_class(method))}
+    fields = {f.name for f in dataclasses.fields(training.trl_config_class(method))}
     assert set(seen) <= fields
 
 
@@ -68,12 +68,12 @@ def test_owned_keys_are_trl_fields():
     def fields(cls):
         return {f.name for f in dataclasses.fields(cls)}
 
-    assert set(training_args.TRL_OWNED) <= fields(SFTConfig) & fields(GRPOConfig)
-    assert set(training_args.SFT_OWNED) <= fields(SFTConfig) and set(training_args.GRPO_OWNED) <= fields(GRPOConfig)
+    assert set(training.TRL_OWNED) <= fields(SFTConfig) & fields(GRPOConfig)
+    assert set(training.SFT_OWNED) <= fields(SFTConfig) and set(training.GRPO_OWNED) <= fields(GRPOConfig)
 
 
 def test_a_field_owned_in_one_method_is_free_in_the_other():
     """SFTConfig's own loss_type (nll, dft) is not GRPO's train.grpo.loss_type."""
-    training_args.check_trl_args("sft", {"loss_type": "dft"})
+    training.check_trl_args("sft", {"loss_type": "dft"})
     with pytest.raises(ConfigError, match="set train.grpo.loss_type instead"):
-        training_args.check_trl_args("grpo", {"loss_type": "dapo"})
+        training.check_trl_args("grpo", {"loss_type": "dapo"})

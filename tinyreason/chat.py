@@ -27,16 +27,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinyreason import paths
 from tinyreason.errors import TinyReasonError
+from tinyreason.formats import FINAL_ANSWER, FINAL_ANSWER_MARKER, THINK_CLOSE
 from tinyreason.grading import extract_answer
 
-THINK_END = "</think>"
-FINAL_ANSWER_START = "**final answer"  # lower-cased start of grading's `**Final Answer:**` marker
+# Lower-cased start of the final-answer marker: streaming holds text back from here on.
+FINAL_ANSWER_START = FINAL_ANSWER_MARKER.rstrip(":*").lower()
 QUIT_WORDS = {"exit", "quit", "/exit", "/quit", ":q"}
 NEW_WORDS = {"/new", "/reset"}
 CHAT_DEFAULTS = {"temperature": 0.1, "max_new_tokens": 1024}
 SOLVE_DEFAULTS = {"temperature": 0.0, "max_new_tokens": 1024}
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,8 +56,8 @@ class Solution:
 
 def split_reasoning(completion: str) -> str:
     """The trace: text before `</think>`; without one, text before the last `**Final Answer:**`."""
-    if THINK_END in completion:
-        return completion.split(THINK_END, 1)[0].strip()
+    if THINK_CLOSE in completion:
+        return completion.split(THINK_CLOSE, 1)[0].strip()
     lowered = completion.lower()
     cut = lowered.rfind(FINAL_ANSWER_START)
     return (completion[:cut] if cut >= 0 else completion).strip()
@@ -65,9 +66,9 @@ def split_reasoning(completion: str) -> str:
 def why_no_answer(truncated_at: int | None, suggest_trace: bool = True) -> str:
     """One line for a completion without a final answer: cut off by the budget, or the model stopped."""
     if truncated_at:
-        return (f"generation hit --max-new-tokens {truncated_at} before **Final Answer:** "
+        return (f"generation hit --max-new-tokens {truncated_at} before {FINAL_ANSWER_MARKER} "
                 "(fix: raise --max-new-tokens)")
-    return ("the model stopped without writing **Final Answer:** (an untrained base model often ignores the "
+    return (f"the model stopped without writing {FINAL_ANSWER_MARKER} (an untrained base model often ignores the "
             "format" + ("; see the trace with --show-reasoning)" if suggest_trace else ")"))
 
 
@@ -93,9 +94,9 @@ class StreamView:
 
     Styles come from rich, which writes plain text when the console is not a terminal."""
 
-    MARKERS = (THINK_END, FINAL_ANSWER_START)
+    MARKERS = (THINK_CLOSE, FINAL_ANSWER_START)
 
-    def __init__(self, console, answer_format: str = "final_answer"):
+    def __init__(self, console, answer_format: str = FINAL_ANSWER):
         self.console = console
         self.answer_format = answer_format
         self.pending = ""  # reasoning text not yet printed (may hold a partial marker)
@@ -139,7 +140,7 @@ class StreamView:
             self.console.print("Final Answer: ", style="bold", end="", markup=False, highlight=False)
             self.console.print(answer, style="bold green", markup=False, highlight=False)
             return answer
-        rest = self.tail.replace(THINK_END, "").strip()
+        rest = self.tail.replace(THINK_CLOSE, "").strip()
         if rest:
             self.console.print(rest, markup=False, highlight=False)
         if interrupted:
@@ -175,12 +176,12 @@ def resolve_adapter(cfg, params: str | Path, adapter: str | None, base_only: boo
         return None
     if adapter is not None:
         path = Path(adapter)
-        if not (path / ADAPTER_CONFIG).is_file():
-            raise TinyReasonError(f"--adapter {path}: no LoRA adapter there ({ADAPTER_CONFIG} missing) (fix: "
+        if not (path / paths.ADAPTER_CONFIG).is_file():
+            raise TinyReasonError(f"--adapter {path}: no LoRA adapter there ({paths.ADAPTER_CONFIG} missing) (fix: "
                                   "pass the directory the train stage wrote, models/adapter, or use --base-only)")
     else:
-        path = Path(params).parent / "models" / "adapter"
-        if not (path / ADAPTER_CONFIG).is_file():
+        path = Path(params).parent / paths.ADAPTER
+        if not (path / paths.ADAPTER_CONFIG).is_file():
             raise TinyReasonError(f"{path}: no trained adapter yet (fix: train one with `dvc repro train`, or on "
                                   "CPU `dvc exp run -S profile=cpu`; or pass --adapter PATH, or --base-only to "
                                   "use the base model)")
@@ -266,18 +267,9 @@ class Solver:
                                                   pad_token_id=tokenizer.pad_token_id)
 
     def prompt_text(self, question: str, history: list[tuple[str, str]] = ()) -> str:
-        from tinyreason.prompts import build_messages, render_generation_prompt
+        from tinyreason.prompts import render_generation_prompt
 
-        if not history:
-            return render_generation_prompt(self.tokenizer, self.prompt, question)
-        messages = build_messages(self.prompt, question)
-        turns = []
-        for past_question, past_completion in history:
-            turns.append({"role": "user", "content": self.prompt.user_template.format(question=past_question)})
-            turns.append({"role": "assistant", "content": self.prompt.think_prefix + past_completion})
-        messages = messages[:-1] + turns + messages[-1:]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text + self.prompt.think_prefix
+        return render_generation_prompt(self.tokenizer, self.prompt, question, history)
 
     def _inputs(self, text: str):
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)

@@ -15,10 +15,10 @@ import importlib.util
 import re
 from pathlib import Path
 
+from tinyreason import paths
 from tinyreason.config import RunConfig, load_config
 from tinyreason.errors import ConfigError, DataError, TinyReasonError
 
-PASSED = Path("checks/passed.json")
 # Where a local train.grpo.train_path must live: the train stage's DVC dependency in dvc.yaml. DVC
 # deps cannot depend on params, so the stage declares this directory and the check refuses a file
 # elsewhere (DVC would not rerun training when it changed).
@@ -36,7 +36,7 @@ CHECKED = ["params.yaml: keys, types, ranges, the active profile and cross-refer
 
 def check_inputs(cfg: RunConfig) -> None:
     """Everything a stage would refuse later, refused now (same checks, one-line errors)."""
-    from tinyreason import benchmarks, data, modeling, sft, tracking, training_args
+    from tinyreason import benchmarks, data, modeling, tracking, training
 
     modeling.check_model_location(cfg.model)
     data.local_data_file(cfg.prepare.train_path, data.PREPARE_PATH_FIX)
@@ -55,13 +55,13 @@ def check_inputs(cfg: RunConfig) -> None:
             benchmarks.benchmark_source(name, run.path, cfg.evaluate.spec_of(name, cfg.prompt(run.prompt).answer_format))
         except DataError as exc:
             raise DataError(f"params.yaml: evaluate.benchmarks.{name}.path: {exc}") from None
-    sft.check_device_support(cfg, Path("checkpoints"))
-    training_args.check_trl_args("sft", cfg.train.sft.trl_args)
-    training_args.check_trl_args("grpo", cfg.train.grpo.trl_args)
+    training.check_device_support(cfg, paths.CHECKPOINTS)
+    training.check_trl_args("sft", cfg.train.sft.trl_args)
+    training.check_trl_args("grpo", cfg.train.grpo.trl_args)
     tracking.check_trackers_installed(cfg.train.report_to)
 
 
-def check_run(params: str | Path = "params.yaml") -> RunConfig:
+def check_run(params: str | Path = paths.PARAMS) -> RunConfig:
     try:
         cfg = load_config(params)
         check_inputs(cfg)

@@ -14,9 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     # Each module registers its own subcommand: add_parser(sub) sets `func` via set_defaults.
     # (Registration lines are added below as the modules land.)
-    from tinyreason import grading
+    from tinyreason import verify_grader
 
-    grading.add_parser(sub)  # verify-grader
+    verify_grader.add_parser(sub)  # verify-grader
     from tinyreason import chat
 
     chat.add_parser(sub)  # chat, solve

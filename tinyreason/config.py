@@ -23,7 +23,8 @@ import yaml
 
 from tinyreason import benchmarks
 from tinyreason.errors import ConfigError
-from tinyreason.formats import ANSWER_FORMATS
+from tinyreason.formats import ANSWER_FORMATS, FINAL_ANSWER, FINAL_ANSWER_MARKER, THINK_OPEN
+from tinyreason.rewards import REWARDS
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,10 @@ class PromptConfig:
     system: str | None = None
     user_template: str = "{question}"
     # Primes the assistant turn at evaluation; training targets start with it too.
-    think_prefix: str = "<think>\n"
-    answer_template: str = "**Final Answer:** {answer}"
+    think_prefix: str = f"{THINK_OPEN}\n"
+    answer_template: str = f"{FINAL_ANSWER_MARKER} {{answer}}"
     # How answers in this format are graded: final_answer (seed normalisation), boxed (math-verify).
-    answer_format: str = field(default="final_answer", metadata=_range(choices=ANSWER_FORMATS))
+    answer_format: str = field(default=FINAL_ANSWER, metadata=_range(choices=ANSWER_FORMATS))
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class PrepareConfig:
     hub_revision: str | None = None  # a hub dataset's commit, branch or tag (null: the newest)
     num_samples: int = field(default=2000, metadata=_range(1))
     val_fraction: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))
-    prompt: str = "final_answer"
+    prompt: str = FINAL_ANSWER
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,6 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: list(LORA_PROJECTIONS))
 
 
-# Reward functions GRPO can use (train.grpo.reward_funcs), defined here once: rewards.py builds one for
-# each name and imports this tuple.
-GRPO_REWARDS = ("format", "accuracy", "cosine", "length", "overlong")
 
 # Experiment trackers train.report_to may name: transformers' report_to integrations we document
 # (tests/test_trackers.py checks transformers knows each). dvclive is ours (tinyreason/tracking.py).
@@ -120,7 +118,7 @@ class GrpoSettings:
     # group: divide advantages by the group's reward std (GRPO); none: Dr.GRPO; batch: PPO-lite.
     scale_rewards: str = field(default="group", metadata=_range(choices=("group", "batch", "none")))
     mask_truncated_completions: bool = False
-    # Reward functions (names: GRPO_REWARDS) and their weights, same order. Lists, so an override
+    # Reward functions (names: rewards.REWARDS) and their weights, same order. Lists, so an override
     # replaces them whole. Tina: format 1 + accuracy (or cosine) 2.
     reward_funcs: list[str] = field(default_factory=lambda: ["format", "accuracy"])
     reward_weights: list[float] = field(default_factory=lambda: [1.0, 2.0])
@@ -153,7 +151,7 @@ class GrpoSettings:
     # grader (tinyreason/monitoring.py): held-out accuracy, format rate and length curves. 0: off.
     held_out: int = field(default=16, metadata=_range(0))
     # Any other GRPOConfig field (epsilon_high, num_iterations, ...), merged last; checked against
-    # GRPOConfig by the check stage (tinyreason/training_args.py TRL_OWNED, GRPO_OWNED: keys set from params).
+    # GRPOConfig by the check stage (tinyreason/training.py TRL_OWNED, GRPO_OWNED: keys set from params).
     trl_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -190,11 +188,11 @@ class TrainConfig:
     # Loss on the assistant turn only (TRL prompt-completion); false trains on the prompt too.
     completion_only_loss: bool = True
     gradient_checkpointing: bool = True
-    # How SFT runs (tinyreason/sft.py). faithful: the seed stack as configured (TRL SFTTrainer, QLoRA
-    # when model.load_in_4bit, micro-batch x accumulation as set). fast: the same optimisation problem
-    # (effective batch, token-normalised loss, lr schedule, data order, seed) planned for speed:
-    # micro-batch = effective batch and bf16 LoRA when GPU memory allows, padding-free batches, a
-    # lean loss over completion tokens, no cuDNN attention; see `sft.plan_speed`.
+    # The settings TRL's SFTTrainer runs with (tinyreason/sft.py). faithful: the seed stack as configured
+    # (QLoRA when model.load_in_4bit, micro-batch x accumulation as set). fast: the same optimisation
+    # problem (effective batch, token-normalised loss, lr schedule, data order, seed) planned for speed:
+    # micro-batch = effective batch, bf16 LoRA and no gradient checkpointing when GPU memory allows;
+    # see `sft.plan_speed`.
     speed: str = field(default="fast", metadata=_range(choices=("faithful", "fast")))
     # Data-parallel GPUs (tinyreason/distributed.py): 1 = one process; 0 = every visible GPU; N > 1
     # relaunches the stage through `accelerate launch` on N GPUs with the same global batch
@@ -210,7 +208,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class BenchmarkRun:
     limit: int | None = field(default=None, metadata=_range(1))  # None: the whole benchmark
-    prompt: str = "final_answer"  # a key of `prompts`
+    prompt: str = FINAL_ANSWER  # a key of `prompts`
     # None: the vendored copy; else a local JSONL or a hub dataset id. A name that is not a registered
     # benchmark (a user's own test set) needs one; its results are labelled with that name.
     path: str | None = None
@@ -269,7 +267,7 @@ class RunConfig:
     profile: str = "seed"
     seed: int = field(default=3407, metadata=_range(0))
     model: ModelConfig = field(default_factory=ModelConfig)
-    prompts: dict[str, PromptConfig] = field(default_factory=lambda: {"final_answer": PromptConfig()})
+    prompts: dict[str, PromptConfig] = field(default_factory=lambda: {FINAL_ANSWER: PromptConfig()})
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -488,10 +486,10 @@ def _check_grpo(cfg: RunConfig, source: str) -> None:
     if g.prompt not in cfg.prompts:
         _fail(source, "train.grpo.prompt", f"{g.prompt!r} is not defined under prompts (known: {', '.join(cfg.prompts)})")
     if not g.reward_funcs:
-        _fail(source, "train.grpo.reward_funcs", f"needs at least one reward (known: {', '.join(GRPO_REWARDS)})")
+        _fail(source, "train.grpo.reward_funcs", f"needs at least one reward (known: {', '.join(REWARDS)})")
     for i, name in enumerate(g.reward_funcs):
-        if name not in GRPO_REWARDS:
-            _fail(source, f"train.grpo.reward_funcs[{i}]", f"unknown reward {name!r} (known: {', '.join(GRPO_REWARDS)})")
+        if name not in REWARDS:
+            _fail(source, f"train.grpo.reward_funcs[{i}]", f"unknown reward {name!r} (known: {', '.join(REWARDS)})")
     if len(g.reward_weights) != len(g.reward_funcs):
         _fail(source, "train.grpo.reward_weights", f"{len(g.reward_weights)} weight(s) for {len(g.reward_funcs)} "
                                                    "reward_funcs (fix: one weight per reward function)")

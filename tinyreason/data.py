@@ -7,13 +7,12 @@ and counted; an empty result is an error, not an empty training set.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyreason import benchmarks
+from tinyreason import benchmarks, sources
 from tinyreason.benchmarks import split_gsm8k_answer
 from tinyreason.errors import DataError
 from tinyreason.formats import CHOICE
@@ -43,20 +42,6 @@ def parse_gsm8k_rows(rows, source: str) -> tuple[list[ReasoningExample], int]:
         log.warning("%s: dropped %d malformed row(s) (need 'question' and an 'answer' with '####')",
                     source, dropped)
     return kept, dropped
-
-
-def read_jsonl_rows(path: Path) -> tuple[list, int]:
-    """Rows of a JSONL file; lines that are not JSON are counted as malformed, not fatal."""
-    rows, bad = [], 0
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                bad += 1
-    return rows, bad
 
 
 def looks_like_local_path(spec: str) -> bool:
@@ -95,8 +80,9 @@ def read_training_rows(spec: str, hub_config: str | None, hub_split: str, fix: s
     not JSON. `fix` completes the one-line error for a missing file (which param to set, to what)."""
     path = local_data_file(spec, fix)
     if path is None:
-        return _load_hub_rows(spec, hub_config, hub_split, hub_revision), 0
-    rows, bad_json = read_jsonl_rows(path)
+        return sources.load_hub_rows(spec, hub_config, hub_split, "the training set",
+                                     f"check the id and your connection, or {fix}", revision=hub_revision), 0
+    rows, bad_json = sources.read_jsonl_counting_malformed(path)
     if bad_json:
         log.warning("%s: %d line(s) are not valid JSON", spec, bad_json)
     return rows, bad_json
@@ -111,17 +97,6 @@ def load_gsm8k(spec: str, hub_config: str = "main", hub_split: str = "train",
         raise DataError(f"{spec}: no usable rows after dropping {dropped + bad_json} malformed one(s) "
                         "(fix: each line needs JSON with 'question' and 'answer' ending in '#### N')")
     return examples, dropped + bad_json
-
-
-def _load_hub_rows(dataset_id: str, config: str, split: str, revision: str | None = None) -> list[dict]:
-    try:
-        import datasets
-
-        return list(datasets.load_dataset(dataset_id, config, split=split, revision=revision))
-    except Exception as exc:  # hub unreachable, unknown id, gated...
-        raise DataError(f"{dataset_id}: cannot load from the hub ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''}) (fix: check the id "
-                        "and your connection, or point prepare.train_path at a local JSONL file)") from None
 
 
 def subsample_and_split(examples: list, num_samples: int, val_fraction: float, seed: int) -> tuple[list, list]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
-from tinyreason import grading, stats
+from tinyreason import grading, paths, stats
 from tinyreason.config import RunConfig
 from tinyreason.errors import TinyReasonError
 from tinyreason.generation import GenerationSettings, generate_completions
@@ -204,7 +204,7 @@ def add_parser(subparsers) -> None:
                                    description="Adapter vs base per benchmark, with 95% intervals and "
                                                "McNemar's p. To compare two experiments, use "
                                                "`dvc metrics diff` or `dvc exp show`.")
-    parser.add_argument("metrics", nargs="?", default="metrics.json")
+    parser.add_argument("metrics", nargs="?", default=str(paths.METRICS))
     parser.add_argument("--rev", metavar="REV", help="read metrics.json as of a commit or a DVC experiment's "
                                                      "name (default: the file in this checkout)")
     parser.set_defaults(func=compare_command)
