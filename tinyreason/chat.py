@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import threading
 import time
@@ -291,7 +292,9 @@ class Solver:
 
     def stream(self, question: str, view: StreamView, history: list[tuple[str, str]] = ()) -> Solution:
         """Generate in a worker thread, feeding text to `view` as it comes. Ctrl-C stops generation
-        (the partial answer is kept) and is re-raised after the worker has finished."""
+        (the partial answer is kept; _Interrupted is raised after the worker has finished). While
+        streaming, Ctrl-C only sets a flag: a KeyboardInterrupt raised inside the console's
+        rendering could leave it half-way through a write."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -317,18 +320,17 @@ class Solver:
 
         start = time.perf_counter()
         worker = threading.Thread(target=work, name="tinyreason-generate", daemon=True)
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if main else None
         worker.start()
-        interrupted = False
         try:
-            for chunk in streamer:
+            for chunk in streamer:  # ends when generate does: at EOS, its budget, or Ctrl-C's stop
                 view.feed(chunk)
-        except KeyboardInterrupt:
-            interrupted = True
-            stop.set()
-            # Drain what the worker still writes so it never blocks on the queue.
-            for chunk in streamer:
-                view.feed(chunk)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
         worker.join()
+        interrupted = stop.is_set()
         if "error" in result:
             raise result["error"]
         ids = result.get("ids")
