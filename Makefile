@@ -1,7 +1,7 @@
 # tinyreason: container targets. `make help` lists them.
 #
 #   make gpu-repro                      build the CUDA image, run `dvc repro` in it on all GPUs
-#   make gpu-exp ARGS='-S train.lr=1e-4' build, run `dvc exp run ARGS` in it
+#   make gpu-exp ARGS='-S train.learning_rate=1e-4' build, run `dvc exp run ARGS` in it
 #   make cpu-smoke                      build the CPU variant offline, run `dvc exp run -S profile=cpu`
 #
 # The repo is bind-mounted at /work/repo, the container runs as your uid:gid (outputs are yours),
@@ -67,7 +67,7 @@ image-local: ## build $(IMAGE) with no registry: local Debian base + CUDA torch 
 gpu-repro: image ## build, then `dvc repro` (the seeded GPU recipe) in the container on $(GPUS) GPUs
 	$(GPU_RUN) $(IMAGE) dvc repro
 
-gpu-exp: image ## build, then `dvc exp run $(ARGS)` in the container (e.g. ARGS='-S train.lr=1e-4')
+gpu-exp: image ## build, then `dvc exp run $(ARGS)` in the container (e.g. ARGS='-S train.learning_rate=1e-4')
 	$(GPU_RUN) $(IMAGE) dvc exp run $(ARGS)
 
 gpu-shell: image ## interactive shell in the CUDA container

@@ -33,25 +33,10 @@ import time
 from pathlib import Path
 
 import torch
-from grpo import QWEN25_15B  # bench/grpo.py (this script's folder is on sys.path): the architecture's dims
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import REPO, save_random_qwen25_15b  # noqa: E402
 DVC = [sys.executable, "-m", "dvc"]  # where pip installed dvc with --target, no `dvc` is on PATH
-
-
-def build_model(tokenizer_dir: Path, out: Path) -> None:
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = Qwen2Config(**QWEN25_15B, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    del model
-    torch.cuda.empty_cache()
 
 
 class GpuMemorySampler(threading.Thread):
@@ -112,7 +97,7 @@ def main() -> None:
     repo.mkdir(parents=True)
     start = time.perf_counter()
     if not args.cpu:
-        build_model(args.tokenizer.resolve(), model_dir)
+        save_random_qwen25_15b(args.tokenizer.resolve(), model_dir)
     built = time.perf_counter() - start
     scratch_repo(repo, None if args.cpu else model_dir)
     # The stages run `python stages/x.py` in the scratch repo: its tinyreason must import, and

@@ -36,6 +36,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.common import QWEN25_15B, random_qwen2  # noqa: E402
 from tinyreason.generation import GenerationEngine  # noqa: E402
 from tinyreason.generation.attention import CudaAttention, DecodeBatch, PrefillBatch, TorchAttention  # noqa: E402
 
@@ -47,15 +48,8 @@ LENGTHS = {"math500": {"median": 3000, "sigma": 1.1}, "aime24": {"median": 12300
 
 
 def qwen25_15b(device="cuda"):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    cfg = Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                      num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072,
-                      rope_theta=10_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu",
-                      use_sliding_window=False, attn_implementation="sdpa")
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2ForCausalLM(cfg).to(torch.bfloat16).eval()
+    model = random_qwen2(QWEN25_15B, device, torch.bfloat16, use_sliding_window=False,
+                         attn_implementation="sdpa").eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model

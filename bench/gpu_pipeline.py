@@ -24,22 +24,8 @@ from pathlib import Path
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def build_model(tokenizer_dir: Path, out: Path) -> None:
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                         num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
-                         rope_theta=1e6, tie_word_embeddings=True, rms_norm_eps=1e-6,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import REPO, save_random_qwen25_15b  # noqa: E402
 
 
 DVCLIVE_SHIM = '''"""Stand-in for dvclive where it cannot be installed (the GPU bench machine has no dvc):
@@ -87,7 +73,7 @@ def main() -> None:
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / "tinyreason-gpu-pipeline"
     shutil.rmtree(scratch, ignore_errors=True)
     model_dir = scratch / "model"
-    build_model(args.tokenizer, model_dir)
+    save_random_qwen25_15b(args.tokenizer, model_dir)
     results = {"gpu": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
                "runs": {}}
     log = open(args.out / "gpu-pipeline-log.txt", "w")

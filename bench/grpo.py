@@ -38,15 +38,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import QWEN25_15B, REPO, TINY_QWEN2, random_qwen2  # noqa: E402
+
 # BENCH_TREE: another checkout whose tinyreason package is measured (the baseline commit, same harness)
 sys.path.insert(0, os.environ.get("BENCH_TREE", str(REPO)))
 
-QWEN25_15B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                  num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
-                  rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
-TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
+TINY = {**TINY_QWEN2, "vocab_size": 512}
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> {% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
@@ -57,7 +55,7 @@ ANCHOR = {"card": "H100", "trl_version": "1.16.0", "seconds_per_step": 37.0, "co
 def build_assets(work: Path, dims: dict) -> None:
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
     for w in ("system", "user", "assistant", "<think>", "</think>", "\\boxed{1}"):
@@ -70,11 +68,9 @@ def build_assets(work: Path, dims: dict) -> None:
                                   pad_token="<|endoftext|>", additional_special_tokens=SPECIALS[1:3])
     tok.chat_template = CHATML
     tok.save_pretrained(work / "model")
-    torch.manual_seed(0)
-    config = Qwen2Config(**dims, bos_token_id=None, eos_token_id=2, pad_token_id=0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16 if device == "cuda" else torch.float32)
+    model = random_qwen2(dims, device, torch.bfloat16 if device == "cuda" else torch.float32, bos_token_id=None,
+                         eos_token_id=2, pad_token_id=0)
     model.save_pretrained(work / "model", safe_serialization=True)
     # 8 training problems of ~40 words (about 60 prompt tokens with the template)
     import random
@@ -132,7 +128,8 @@ def make_cfg(work: Path, rollout: str, steps: int, tiny: bool, train: dict | Non
                   "lora": {"r": 32, "alpha": 128, "dropout": 0.05},
                   "grpo": {"train_path": str(work / "train.jsonl"), "prompt": "bench", "num_generations": 8,
                            "max_completion_length": 16 if tiny else 512, "temperature": 0.7, "beta": 0.04,
-                           "loss_type": "grpo", "rollout": rollout, "max_prompt_length": 256}},
+                           "loss_type": "grpo", "rollout": rollout, "max_prompt_length": 256,
+                           "held_out": 0}},  # step time only, no held-out scoring
     }
     over = _deep_merge(over, {"train": WORKLOADS[workload]})
     if tiny:

@@ -38,14 +38,11 @@ def model_and_device():
     import torch
 
     sys.path.insert(0, str(REPO / "bench"))
-    from grpo import QWEN25_15B
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    sys.path.append(str(REPO))  # bench.common; appended, so a baseline tree's tinyreason keeps precedence
+    from bench.common import QWEN25_15B, random_qwen2
 
-    torch.manual_seed(0)
-    cfg = Qwen2Config(**{**QWEN25_15B, "max_position_embeddings": 40960}, hidden_act="silu",
-                      use_sliding_window=False, attn_implementation="sdpa")
-    with torch.device("cuda"):
-        model = Qwen2ForCausalLM(cfg).to(torch.bfloat16).eval()
+    model = random_qwen2(QWEN25_15B, "cuda", torch.bfloat16, max_position_embeddings=40960, hidden_act="silu",
+                         use_sliding_window=False, attn_implementation="sdpa").eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     from generation import measure_device
@@ -127,11 +124,12 @@ def job_sampler(model, bw, flops):
     """ms per call of the sampler at the vocabulary size, the baseline's sort-based one beside."""
     import torch
 
+    from bench.common import QWEN25_15B  # on sys.path since model_and_device
     from tinyreason.generation import sampler
 
     out = []
     for rows in (1, 64, 256):
-        logits = (torch.randn(rows, 151936, device="cuda") * 3).to(torch.bfloat16)
+        logits = (torch.randn(rows, QWEN25_15B["vocab_size"], device="cuda") * 3).to(torch.bfloat16)
         seeds, pos = torch.arange(rows, device="cuda"), torch.arange(rows, device="cuda") + 100
         t, p = torch.tensor(0.6, device="cuda"), torch.tensor(0.95, device="cuda")
         impls = {"sample": sampler.sample}  # the tree's sampler: the Triton kernel, or the baseline's sort
@@ -263,7 +261,8 @@ def main() -> None:
     name = f"rl-scale-{dt.date.today():%Y-%m-%d}-{tag}.json"
     prior = RESULTS / name
     report = json.loads(prior.read_text()) if prior.is_file() else {"gpu": gpu, "runs": {}}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                             text=True, cwd=REPO).stdout.strip()
     base_commit = (args.base / "COMMIT").read_text().strip() if (args.base / "COMMIT").is_file() else str(args.base)
     report.update(gpu=gpu, commit=commit, baseline_commit=base_commit)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import shutil
@@ -28,20 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-
-def bench_sft():
-    """bench/sft.py's model, tokenizer and data builders (one synthetic setup for both benchmarks)."""
-    spec = importlib.util.spec_from_file_location("bench_sft", REPO / "bench" / "sft.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import REPO  # noqa: E402
 
 
 def setup(work: Path, tiny: bool) -> dict:
-    sft_bench = bench_sft()
+    from bench import sft as sft_bench  # bench/sft.py's model, tokenizer and data builders (one synthetic setup)
+
     words = 400 if tiny else 4000
     tokenizer = sft_bench.build_tokenizer(work / "model", words)
     n_params = sft_bench.build_model(work / "model", sft_bench.TINY if tiny else sft_bench.QWEN25_15B)

@@ -10,7 +10,7 @@ Tokenizer: a word-level ChatML tokenizer built offline. Data: 1800 train / 200 v
 pairs in the Tiny-Reason chat format with GSM8K-like lengths (150-350 tokens, completion ~60%),
 Zipf-distributed words so the loss has something to learn.
 
-Each configuration runs in its own process (Liger patches modules globally) through
+Each configuration runs in its own process (a fresh CUDA context and peak-memory count) through
 `tinyreason.sft.train_sft`, with the seed recipe from params.yaml (lr 2e-4 linear over 250 steps,
 warmup 50, adamw_8bit, wd 0.01, eval/save every 50, effective batch 8, seed 3407):
 
@@ -19,9 +19,8 @@ warmup 50, adamw_8bit, wd 0.01, eval/save every 50, effective batch 8, seed 3407
 - fast: train.speed=fast, as planned for this GPU: all 250 steps (or `--fast-steps`) with the
   recipe's evals and saves, plus an eval at `--compare-step` (default: the seed stack's last step);
   torch.profiler over 3 steps from `--profile-at` (written next to the results).
-- fast-liger, fast-cudnn-attention, fast-nf4, fast-padded, fast-fused-adamw: the fast plan with one
-  piece changed (`--ablation-steps`): Liger kernels on, cuDNN attention back on, NF4 base weights,
-  padded batches, torch fused AdamW instead of adamw_8bit.
+- fast-nf4, fast-checkpointing: the fast plan with one setting changed (`--ablation-steps`): NF4
+  base weights, gradient checkpointing.
 
 Per configuration: s/step (wall time between consecutive optimizer steps, steps with an eval or save
 in between excluded, first 3 steps excluded as warm-up), projected time for 250 steps, tokens/s
@@ -43,22 +42,17 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import QWEN25_15B, REPO, TINY_QWEN2, random_qwen2  # noqa: E402
 
-QWEN25_15B = dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                  intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True,
-                  rope_theta=1_000_000.0, max_position_embeddings=32768, rms_norm_eps=1e-6)
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=128, vocab_size=2048, tie_word_embeddings=True, rope_theta=1_000_000.0,
-            max_position_embeddings=2048, rms_norm_eps=1e-6)
+TINY = {**TINY_QWEN2, "vocab_size": 2048}
 # Dense bf16 peak (no sparsity) by GPU name, for MFU.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "T4": 65e12}
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-REDO = ("python bench/sft.py   # one CUDA GPU, repo root; trl, datasets, bitsandbytes (liger-kernel for "
-        "fast-liger); see bench/results/sft-h100-2026-11-25.md for the exact runs")
+REDO = ("python bench/sft.py   # one CUDA GPU, repo root; trl, datasets, bitsandbytes; see "
+        "bench/results/sft-h100-2026-11-25.md for the runs of the former custom fast path")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,13 +97,9 @@ def build_tokenizer(out: Path, words: int):
 
 def build_model(out: Path, dims: dict) -> int:
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    torch.manual_seed(0)
-    config = Qwen2Config(**dims, bos_token_id=None, eos_token_id=2, pad_token_id=0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model = random_qwen2(dims, device, torch.bfloat16, bos_token_id=None, eos_token_id=2, pad_token_id=0)
     model.save_pretrained(out, safe_serialization=True)
     n = sum(p.numel() for p in model.parameters())
     del model
@@ -167,7 +157,7 @@ def add_profile_labels():
     import torch
     import transformers
 
-    from tinyreason import sft
+    import trl  # SFTTrainer.compute_loss: the train stage's loss
 
     def wrap(owner, attr, label):
         original = getattr(owner, attr)
@@ -178,7 +168,7 @@ def add_profile_labels():
 
         setattr(owner, attr, labelled)
 
-    wrap(sft, "lean_causal_lm_loss", "## forward+loss")
+    wrap(trl.SFTTrainer, "compute_loss", "## forward+loss")
     wrap(accelerate.Accelerator, "backward", "## backward")
     wrap(accelerate.Accelerator, "clip_grad_norm_", "## clip_grad_norm")
     wrap(transformers.Trainer, "get_batch_samples", "## data")
@@ -241,9 +231,8 @@ def worker(work: Path, name: str, speed: str, stop_at: int, ablation: str | None
 
         tok = load_tokenizer(cfg.model)
         base = sft.make_speed_plan(cfg, tok, sft.read_prompt_completion(work / "train.jsonl"))
-        change = {"no-liger": dict(liger=False), "cudnn-attention": dict(cudnn_attention=True), "nf4": dict(load_in_4bit=True, pure_bf16=False),
-                  "padded": dict(padding_free=False), "fused-adamw": dict(optim="adamw_torch_fused"),
-                  "liger": dict(liger=True)}[ablation]
+        change = {"nf4": dict(load_in_4bit=True, pure_bf16=False),
+                  "checkpointing": dict(gradient_checkpointing=True)}[ablation]
         plan = dataclasses.replace(base, **change, reason=f"{base.reason}; ablation: {ablation}")
     clock = Clock()
     if cuda:
@@ -293,7 +282,7 @@ def versions() -> dict:
     import importlib.metadata as md
 
     out = {}
-    for dist in ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "liger-kernel", "datasets"):
+    for dist in ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "datasets"):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -329,10 +318,7 @@ def markdown(report: dict) -> str:
     for r in rows:
         p = r["plan"]
         plan = (f"{'NF4' if p['load_in_4bit'] else 'bf16'} {p['micro_batch']}x{p['accumulation']}"
-                f"{' ckpt' if p['gradient_checkpointing'] else ''}{' padding-free' if p['padding_free'] else ''}"
-                f"{' liger' if p['liger'] else ''}{' lean-loss' if p['lean_loss'] else ''}"
-                f"{' no-cudnn-attn' if not p.get('cudnn_attention', True) else ''}"
-                f"{' ' + p['optim'] if p.get('optim') else ''}")
+                f"{' ckpt' if p['gradient_checkpointing'] else ''}")
         lines.append(f"| {r['name']} | {plan} | {r['timed_steps']} | {r['s_per_step']:.4f} | "
                      f"{r['projected_250_steps_s']:.1f} s | {r['tokens_per_s'] or 0:,.0f} | "
                      f"{(r.get('mfu') or 0) * 100:.1f}% | {r['peak_memory_gib'] or 0:.2f} | "
@@ -365,8 +351,7 @@ def main() -> None:
     ap.add_argument("--profile-at", type=int, default=20, help="torch.profiler over 3 fast steps from here")
     ap.add_argument("--ablation-steps", type=int, default=40)
     ap.add_argument("--fast-steps", type=int, default=10**9, help="stop the fast run here (default: all 250)")
-    ap.add_argument("--configs", default="fast,seed-stack,fast-liger,fast-cudnn-attention,fast-nf4,fast-padded,"
-                                         "fast-fused-adamw")
+    ap.add_argument("--configs", default="fast,seed-stack,fast-nf4,fast-checkpointing")
     ap.add_argument("--budget-s", type=float, default=540, help="skip configs that would start after this")
     ap.add_argument("--tiny", action="store_true", help="CPU dry run on a tiny model")
     ap.add_argument("--worker", nargs=4, metavar=("NAME", "SPEED", "STOP_AT", "ABLATION"), help=argparse.SUPPRESS)
@@ -399,10 +384,7 @@ def main() -> None:
     seed_steps = 6 if args.tiny else args.seed_steps
     abl_steps = 6 if args.tiny else args.ablation_steps
     table = {"fast": ("fast", 6 if args.tiny else args.fast_steps, "-"), "seed-stack": ("faithful", seed_steps, "-"),
-             "fast-no-liger": ("fast", abl_steps, "no-liger"), "fast-nf4": ("fast", abl_steps, "nf4"),
-             "fast-padded": ("fast", abl_steps, "padded"), "fast-fused-adamw": ("fast", abl_steps, "fused-adamw"),
-             "fast-liger": ("fast", abl_steps, "liger"),
-             "fast-cudnn-attention": ("fast", abl_steps, "cudnn-attention")}
+             "fast-nf4": ("fast", abl_steps, "nf4"), "fast-checkpointing": ("fast", abl_steps, "checkpointing")}
     results = []
     for name in args.configs.split(","):
         if time.perf_counter() - start > args.budget_s:

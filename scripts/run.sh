@@ -21,9 +21,12 @@ PY
 if [ "$has_gpu" = 1 ] && [ "$has_hub" = 1 ]; then
   echo "run.sh: CUDA GPU and hub reachable -> the seeded recipe (params.yaml as it is): dvc repro"
   dvc repro
-  dvc metrics show
-  echo "run.sh: done. Outputs (data/prepared, models/adapter, metrics.json, ...) and dvc.lock are in"
-  echo "  this checkout; params.yaml is unchanged."
+  echo
+  tinyreason compare                       # the adapter vs the base model, per benchmark
+  echo "run.sh: done (outputs and dvc.lock in this checkout; params.yaml unchanged). Where to look next:"
+  echo "  dvc plots show                 training and evaluation curves -> dvc_plots/index.html"
+  echo "  predictions/<benchmark>.jsonl  every answer, graded; tinyreason chat asks the trained model"
+  echo "  dvc exp run -S train.learning_rate=1e-4   a variant; dvc exp show --only-changed compares runs"
 else
   why=$([ "$has_gpu" = 1 ] && echo "the hub is unreachable" || echo "no CUDA GPU")
   # A plain `dvc exp run -S profile=cpu` applies the experiment to the workspace: params.yaml is
@@ -32,11 +35,10 @@ else
   name="cpu-$(date -u +%Y%m%d-%H%M%S)"
   echo "run.sh: $why -> the offline CPU profile as experiment $name: dvc exp run --temp -n $name -S profile=cpu"
   dvc exp run --temp -n "$name" -S profile=cpu
-  echo "run.sh: metrics of experiment $name (HEAD has none until a run is committed):"
-  dvc metrics diff --md HEAD "$name"
-  echo "run.sh: done. This checkout is unchanged (params.yaml still says profile: seed); the run is"
-  echo "  experiment $name:"
-  echo "    dvc exp show                # its params and metrics next to the other experiments"
-  echo "    dvc exp apply $name   # its outputs (models/adapter, metrics.json, ...) into this"
-  echo "                                # checkout; that also sets profile: cpu in params.yaml"
+  echo
+  tinyreason compare --rev "$name"         # the adapter vs the base model, per benchmark
+  echo "run.sh: done; the run is experiment $name (this checkout and its params.yaml are unchanged). Next:"
+  echo "  dvc exp show --only-changed    $name beside your other runs: params that differ, metrics"
+  echo "  dvc exp apply $name   its outputs here (also sets profile: cpu), then dvc plots show"
+  echo "  tinyreason chat --profile cpu  after dvc exp apply: ask the trained model (predictions/*.jsonl: every answer)"
 fi

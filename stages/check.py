@@ -5,14 +5,14 @@ A failure here stops DVC before it removes any other stage's outputs (tinyreason
 import logging
 import sys
 
-from tinyreason import checks
+from tinyreason import checks, paths
 from tinyreason.errors import run_stage
 from tinyreason.outputs import atomic_write_json
 
 
 def main() -> None:
-    checks.check_run("params.yaml")
-    atomic_write_json(checks.PASSED, {"checked": checks.CHECKED})
+    checks.check_run(paths.PARAMS)
+    atomic_write_json(paths.CHECK_PASSED, {"checked": checks.CHECKED})
     print(f"check: params and inputs are valid ({len(checks.CHECKED)} checks)")
 
 

@@ -5,27 +5,26 @@ stage (or DVC restores it from its run cache); the evaluate stage pairs these an
 
 import logging
 import sys
-from pathlib import Path
 
-from tinyreason import evaluation, modeling
+from tinyreason import evaluation, modeling, paths
 from tinyreason.config import load_config
 from tinyreason.cost import measure_cost
 from tinyreason.errors import run_stage
 from tinyreason.outputs import atomic_write_json
 
-TEST = Path("data/prepared/test.jsonl")
+TEST = paths.PREPARED_TEST
 
 
 def main() -> None:
-    cfg = load_config("params.yaml")
+    cfg = load_config(paths.PARAMS)
     rows = evaluation.load_test_rows(TEST)
     records = []
     with measure_cost(cfg.cost.usd_per_gpu_hour) as cost:
         if cfg.evaluate.evaluate_base:  # false: nothing scored; the evaluate stage reads no base answers
             tokenizer = modeling.load_tokenizer(cfg.model)
             records = evaluation.score_model(modeling.load_base_model(cfg.model), tokenizer, cfg, rows, "base", TEST)
-    metrics = evaluation.save_base_results(evaluation.BASE_RESULTS, records, cfg, TEST)
-    atomic_write_json("metrics/evaluate_base.json", {"cost": cost})
+    metrics = evaluation.save_base_results(paths.BASE_EVAL, records, cfg, TEST)
+    atomic_write_json(paths.EVALUATE_BASE_METRICS, {"cost": cost})
     if metrics:
         evaluation.print_comparison(metrics)
 

@@ -3,19 +3,19 @@
 import logging
 import sys
 
-from tinyreason import data, modeling
+from tinyreason import data, modeling, paths
 from tinyreason.config import load_config
 from tinyreason.errors import run_stage
 from tinyreason.outputs import atomic_write_files, atomic_write_json, jsonl_text
 
 
 def main() -> None:
-    cfg = load_config("params.yaml")
+    cfg = load_config(paths.PARAMS)
     tokenizer = modeling.load_tokenizer(cfg.model)
     splits, report = data.build_prepared_splits(cfg, tokenizer)
     # Three outputs (train reads train/val, evaluate reads test), replaced together.
-    atomic_write_files({f"data/prepared/{name}.jsonl": jsonl_text(rows) for name, rows in splits.items()})
-    atomic_write_json("metrics/prepare.json", report)
+    atomic_write_files({paths.PREPARED / f"{name}.jsonl": jsonl_text(rows) for name, rows in splits.items()})
+    atomic_write_json(paths.PREPARE_METRICS, report)
     print(f"prepare: {report['train']} train / {report['val']} val / {report['test']} test rows "
           f"({report['source_rows_dropped']} malformed source rows dropped)")
 

@@ -58,23 +58,47 @@ def tiny_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def shipped_params_text() -> str:
-    """params.yaml as shipped: the committed copy (`git show HEAD:params.yaml`), never the
-    workspace's, which `dvc exp run -S ...` rewrites (e.g. to `profile: cpu`). Every test that
-    needs the repository's params gets them here, so the suite passes whatever experiment ran
+@pytest.fixture(scope="session")
+def qwen25_15b_dims(tmp_path_factory):
+    """Qwen2.5-1.5B's shape (bench/common.py), read by `training.model_dims` from its config.json on the
+    meta device (no weights): what the SFT and GRPO memory plans are planned for."""
+    from transformers import Qwen2Config
+
+    from bench.common import QWEN25_15B
+    from tinyreason.config import ModelConfig
+    from tinyreason.training import model_dims
+
+    out = tmp_path_factory.mktemp("qwen2.5-1.5b-config")
+    Qwen2Config(**QWEN25_15B).save_pretrained(out)
+    dims = model_dims(ModelConfig(name_or_path=str(out)))
+    assert dims is not None and dims.n_params == 1_543_714_304 and dims.vocab == QWEN25_15B["vocab_size"]
+    return dims
+
+
+@functools.lru_cache(maxsize=None)
+def shipped_text(name: str = "params.yaml") -> str:
+    """A params file as shipped (params.yaml, prompts.yaml, profiles.yaml): the committed copy (`git show
+    HEAD:NAME`), never the workspace's, which `dvc exp run -S ...` rewrites (e.g. to `profile: cpu`). Every
+    test that needs the repository's params gets them here, so the suite passes whatever experiment ran
     last. (To test an edit of params.yaml, commit it.) Outside a git checkout, e.g. an exported
     tree without .git, the file on disk is the shipped one."""
     if not (REPO / ".git").exists():
-        return (REPO / "params.yaml").read_text()
-    proc = subprocess.run(["git", "-C", str(REPO), "show", "HEAD:params.yaml"], capture_output=True, text=True)
+        return (REPO / name).read_text()
+    proc = subprocess.run(["git", "-C", str(REPO), "show", f"HEAD:{name}"], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"git show HEAD:params.yaml failed in {REPO}: {proc.stderr.strip()}")
+        raise RuntimeError(f"git show HEAD:{name} failed in {REPO}: {proc.stderr.strip()}")
     return proc.stdout
 
 
+def shipped_params_text() -> str:
+    """params.yaml as shipped, with the shipped prompts.yaml and profiles.yaml as its `prompts:` and
+    `profiles:` (config.py merges those files under a params file; here they come from HEAD too)."""
+    sides = {name: yaml.safe_load(shipped_text(f"{name}.yaml")) for name in ("prompts", "profiles")}
+    return shipped_text("params.yaml") + "\n" + yaml.safe_dump(sides, sort_keys=False)
+
+
 def shipped_params() -> dict:
-    """The shipped params as data (a fresh copy: callers may change it)."""
+    """The shipped params (prompts and profiles included) as data (a fresh copy: callers may change it)."""
     return yaml.safe_load(shipped_params_text())
 
 

@@ -1,4 +1,4 @@
-"""Issue 9, bad inputs: each one makes a stage fail with a non-zero exit, one `error:` line on stderr
+"""Bad inputs: each one makes a stage fail with a non-zero exit, one `error:` line on stderr
 that names the file or key and says how to fix it, no traceback, and no output written or changed.
 
 Most cases run the stage's main() in this process through errors.run_stage (the same wrapper the
@@ -342,7 +342,7 @@ def test_disk_full_while_saving(work, monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 14.5: the check stage (first in the DAG) refuses each bad input before any other stage runs
+# The check stage (first in the DAG) refuses each bad input before any other stage runs
 
 
 @pytest.mark.parametrize("sections, needles", [
@@ -361,6 +361,10 @@ def test_disk_full_while_saving(work, monkeypatch, capsys):
     ({"model": {"load_in_4bit": True}}, ("model.load_in_4bit", "CUDA")),
     ({"train": {"optim": "adamw_8bit"}}, ("train.optim", "CUDA")),
     ({"train": {"report_to": ["dvclive", "wandbb"]}}, ("train.report_to[1]", "did you mean wandb")),
+    ({"train": {"grpo": {"trl_args": {"epsilon_hgh": 0.28}}}},
+     ("train.grpo.trl_args.epsilon_hgh", "not a GRPOConfig field", "did you mean epsilon_high")),
+    ({"train": {"sft": {"trl_args": {"max_steps": 3}}}}, ("train.sft.trl_args.max_steps", "set train.max_steps instead")),
+    ({"train": {"sft": {"trl_args": {"output_dir": "x"}}}}, ("train.sft.trl_args.output_dir", "remove it")),
 ])
 def test_check_stage_refuses_bad_input(work, tiny_model_dir, monkeypatch, capsys, sections, needles):
     import torch

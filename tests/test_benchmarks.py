@@ -267,7 +267,7 @@ def test_gpqa_unavailable_says_how_to_get_access(monkeypatch, error):
     with pytest.raises(DataError) as exc:
         load_benchmark("gpqa_diamond")
     message = _one_line(exc)
-    assert "huggingface-cli login" in message
+    assert "hf auth login" in message
     assert "https://huggingface.co/datasets/Idavidrein/gpqa" in message and "terms" in message
 
 

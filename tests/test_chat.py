@@ -279,12 +279,42 @@ def test_chat_streams_two_fresh_questions_then_exit_smollm2():
     check_chat_session(child, check_answer)
 
 
-@pytest.mark.slow
-def test_chat_ctrl_c_stops_the_answer_then_ctrl_c_quits_cleanly():
-    child = spawn_chat("--max-new-tokens", "400")
+@pytest.fixture(scope="module")
+def endless_model(tmp_path_factory) -> str:
+    """A random 2-layer Llama that can never end an answer greedily: its output row for every EOS id is
+    zero while two other rows are opposite (w and -w), so for any hidden state some logit is >= |w.h| >= 0
+    = the EOS logit. An answer then runs until it is interrupted, however fast or slow the machine."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tinyreason.modeling import load_tokenizer
+
+    directory = tmp_path_factory.mktemp("endless-model")
+    tokenizer = load_tokenizer(chat.resolve_config(PARAMS, "cpu").model)
+    tokenizer.save_pretrained(directory)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1 << 16,
+                         tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, initializer_range=0.2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    eos = {tokenizer.eos_token_id, tokenizer.pad_token_id, config.eos_token_id} - {None}
+    a, b = [i for i in range(100, 110) if i not in eos][:2]  # two ordinary tokens
+    with torch.no_grad():
+        head = model.lm_head.weight
+        head[b] = -head[a]
+        head[sorted(eos)] = 0.0
+    model.save_pretrained(directory)
+    return str(directory)
+
+
+def test_chat_ctrl_c_stops_the_answer_then_ctrl_c_quits_cleanly(endless_model):
+    """States only: the answer cannot end by itself (endless_model, greedy, a budget it never reaches), so
+    Ctrl-C always lands while it is being written, whatever the load on the machine."""
+    child = spawn_chat("--model", endless_model, "--temperature", "0", "--max-new-tokens", "60000")
     child.expect_exact(">>> ")
-    child.sendline("Write a very long story about counting numbers from one to one hundred.")
-    child.expect(r"\x1b\[2m\w")  # generation is under way
+    child.sendline("Count from one to one hundred.")
+    child.expect(r"\x1b\[2m")  # generation is under way (the reasoning streams, dim)
     child.sendintr()
     child.expect_exact("[interrupted]")
     child.expect_exact(">>> ")
@@ -436,7 +466,7 @@ def test_solve_json_and_show_reasoning(fake_solver, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# solve: a spinner on a terminal, nothing extra when piped (issue 17.4)
+# solve: a spinner on a terminal, nothing extra when piped
 
 
 def test_solve_shows_a_spinner_on_a_terminal_and_then_the_answer(tiny_model):
@@ -462,3 +492,28 @@ def test_solve_piped_prints_no_spinner(tiny_model):
                       "--json", "What is 2+3?"])
     assert "solving" not in result.stderr and "\x1b" not in result.stderr + result.stdout, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["question"] == "What is 2+3?"
+
+
+def test_default_prompt_is_the_one_the_adapter_was_trained_with(tmp_path):
+    """chat/solve without --prompt: train.grpo.prompt after GRPO, prepare.prompt after SFT, as the adapter's
+    params.json records them (the recorded text, should params.yaml have changed since)."""
+    from conftest import shipped_params
+    from tinyreason.chat import trained_prompt
+    from tinyreason.config import config_from_dict, config_to_dict
+
+    cfg = config_from_dict(shipped_params())
+    assert (cfg.prepare.prompt, cfg.train.grpo.prompt) == ("final_answer", "boxed")
+    record = config_to_dict(cfg)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "params.json").write_text(json.dumps(record))
+    assert trained_prompt(cfg, adapter) == cfg.prompts["final_answer"]  # SFT
+    record["train"]["method"] = "grpo"
+    (adapter / "params.json").write_text(json.dumps(record))
+    assert trained_prompt(cfg, adapter) == cfg.prompts["boxed"]  # GRPO
+    record["prompts"]["boxed"]["system"] = "the system prompt it was trained with"
+    (adapter / "params.json").write_text(json.dumps(record))
+    assert trained_prompt(cfg, adapter).system == "the system prompt it was trained with"
+    assert trained_prompt(cfg, None) == cfg.prompts["final_answer"]  # --base-only
+    (adapter / "params.json").unlink()
+    assert trained_prompt(cfg, adapter) == cfg.prompts["final_answer"]  # no record

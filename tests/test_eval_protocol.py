@@ -1,4 +1,4 @@
-"""Issue 15, point 4: Tina's evaluation protocol (recipes/eval-tina.yaml) and what it needs.
+"""Tina's evaluation protocol (recipes/eval-tina.yaml) and what it needs.
 
 - metrics: truncated_rate and mean_output_tokens over every sample; mean@k / pass@k per benchmark with
   that benchmark's own k (evaluate.benchmarks.<name>.samples);

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from scipy.stats import binomtest
@@ -85,3 +87,36 @@ def test_comparison_table_with_base_only_metrics():
     console.print(evaluation.comparison_table(metrics))
     row = next(line for line in console.export_text().splitlines() if "gsm8k" in line)
     assert "50.0%" in row and "4" in row and row.count("-") >= 3
+
+
+def test_tiny_p_values_keep_full_precision_in_metrics_json(tmp_path):
+    """McNemar's p for 0 vs 40 discordant pairs is 2 / 2**40: metrics.json keeps every digit (DVC's own
+    `metrics show/diff` print 5 decimals, where it reads 0.0)."""
+    from tinyreason.outputs import atomic_write_json
+
+    metrics = evaluation.build_metrics({"base": records("base", [0] * 40), "adapter": records("adapter", [1] * 40)}, 1)
+    atomic_write_json(tmp_path / "metrics.json", metrics)
+    p = json.loads((tmp_path / "metrics.json").read_text())["gsm8k"]["adapter_vs_base"]["p_value"]
+    assert p == 2 / 2 ** 40 and p != 0.0
+
+
+def test_compare_reads_an_experiment_by_name(tmp_path):
+    """`tinyreason compare --rev NAME`: the table of a run kept as a DVC experiment (run.sh's CPU run,
+    `dvc exp run --temp`), without applying it to the checkout."""
+    metrics = evaluation.build_metrics({"base": records("base", [0, 0, 0, 1]),
+                                        "adapter": records("adapter", [1, 1, 0, 1])}, samples=1)
+    (tmp_path / "metrics.src").write_text(json.dumps(metrics))
+    (tmp_path / "dvc.yaml").write_text("stages:\n  evaluate:\n    cmd: cp metrics.src metrics.json\n    deps: [metrics.src]\n"
+                                       "    metrics:\n      - metrics.json:\n          cache: false\n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"],
+                [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"],
+                [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", "my-run"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True, env=env)
+    assert not (tmp_path / "metrics.json").exists()  # --temp: the checkout is untouched
+    cli = [sys.executable, "-m", "tinyreason.cli", "compare", "--rev"]
+    out = subprocess.run(cli + ["my-run"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "gsm8k" in out.stdout and "25.0%" in out.stdout and "75.0%" in out.stdout and "+50.0%" in out.stdout
+    bad = subprocess.run(cli + ["no-such-run"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no-such-run" in bad.stderr, bad.stderr

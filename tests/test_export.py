@@ -152,7 +152,7 @@ def test_grpo_card_names_its_hub_dataset_and_rewards(tmp_path):
     card = ModelCard(export.model_card(cfg, config_to_dict(cfg), tmp_path, "bfloat16"))
     assert card.data.datasets == ["knoveleng/open-rs"] and "grpo" in card.data.tags
     assert "| train.grpo.reward_funcs | `[\"format\", \"accuracy\"]` |" in card.text
-    assert "Source: `knoveleng/open-rs` (split `train`)" in card.text and "500 problems" in card.text
+    assert "Source: `knoveleng/open-rs` (split `train`, revision `unpinned" in card.text and "500 problems" in card.text
 
 
 def test_the_card_records_the_params_the_adapter_was_trained_with(work, tmp_path):
@@ -267,3 +267,16 @@ def test_help_lists_the_options(capsys):
     text = capsys.readouterr().out
     for option in ("--adapter", "--out", "--dtype", "--push-to-hub", "--private", "--params"):
         assert option in text
+
+
+def test_the_card_records_model_and_dataset_revisions(tmp_path):
+    cfg = load_config(write_params(tmp_path, {"model": {"revision": "0a1b2c3"}, "train": {"method": "grpo", "grpo": {
+        "train_path": "knoveleng/open-rs", "hub_revision": "d4e5f6a"}}}))
+    trained = config_to_dict(cfg)  # what the train stage writes to models/adapter/params.json
+    assert trained["model"]["revision"] == "0a1b2c3" and trained["train"]["grpo"]["hub_revision"] == "d4e5f6a"
+    text = ModelCard(export.model_card(cfg, trained, tmp_path, "bfloat16")).text
+    assert "Qwen/Qwen2.5-1.5B-Instruct @ 0a1b2c3" in text
+    assert "Source: `knoveleng/open-rs` (split `train`, revision `d4e5f6a`)" in text
+    unpinned = load_config(write_params(tmp_path, {"train": {"method": "grpo", "grpo": {"train_path": "knoveleng/open-rs"}}}))
+    text = ModelCard(export.model_card(unpinned, config_to_dict(unpinned), tmp_path, "bfloat16")).text
+    assert "revision `unpinned: the newest at training time`" in text and " @ " not in text.split("## Usage")[0]

@@ -1,9 +1,9 @@
-"""Issue 17.1: the first run shows learning. The CPU profile as shipped (`bash scripts/run.sh` on a
+"""The first run shows learning. The CPU profile as shipped (`bash scripts/run.sh` on a
 machine without a GPU runs it) trains SmolLM2-135M on single-digit addition and evaluates adapter vs
 base on the 32 held-out problems: the paired 95% interval of the difference must exclude 0. The stages
 run as subprocesses in a scratch copy with the shipped params.yaml (conftest.write_params), as
 `dvc exp run -S profile=cpu` runs them, and their stderr must stay free of conversion bars and
-repeated library warnings (issue 17.4)."""
+repeated library warnings."""
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ from tinyreason import grading
 from tinyreason.errors import TinyReasonError
 from tinyreason.grading import (
     Grade,
-    answers_match,
     extract_boxed_answer,
     extract_final_answer,
     grade_answer,
@@ -270,11 +269,9 @@ def test_grade_choice(completion, extracted, correct, formatted):
 def test_unknown_answer_format():
     with pytest.raises(TinyReasonError, match="answer_format"):
         grade_answer("x", "1", "essay")
-    with pytest.raises(TinyReasonError, match="answer_format"):
-        answers_match("x", "1", "essay")
 
 
-# ---------------------------------------------------------------------------------------------- issue 17.2
+# ---------------------------------------------------------------------------- real model outputs
 # Real model outputs the grader got wrong. Each case is graded through grade_answer, as evaluation does.
 
 @pytest.mark.parametrize("completion", [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -96,10 +97,14 @@ def test_bad_vllm_params_fail_in_one_line(override, key):
     assert key in str(exc.value) and "\n" not in str(exc.value)
 
 
-def test_reward_names_in_config_match_rewards_module():
-    from tinyreason import config, rewards
+def test_every_registered_reward_is_accepted_and_others_refused():
+    from tinyreason import rewards
 
-    assert set(config.GRPO_REWARDS) == set(rewards.REWARD_NAMES)
+    names = list(rewards.REWARDS)
+    assert grpo_cfg(grpo={"reward_funcs": names, "reward_weights": [1.0] * len(names)}).train.grpo.reward_funcs == names
+    with pytest.raises(ConfigError) as exc:
+        grpo_cfg(grpo={"reward_funcs": ["format", "brevity"], "reward_weights": [1.0, 1.0]})
+    assert "unknown reward 'brevity'" in str(exc.value) and f"known: {', '.join(names)}" in str(exc.value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +211,8 @@ def _toy_overrides(model_dir: Path, train_path: Path, steps: int, train: dict | 
                   "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
                   "grpo": _deep_merge({"train_path": str(train_path), "prompt": "toy", "num_generations": 8,
                                        "max_completion_length": TARGET_LEN, "temperature": 1.0,
-                                       "beta": 0.0, "rollout": "trl", "max_prompt_length": 64}, grpo)},
+                                       "beta": 0.0, "rollout": "trl", "max_prompt_length": 64,
+                                       "held_out": 0}, grpo)},
     }
     overrides["train"].update(train or {})
     return overrides
@@ -266,7 +272,8 @@ def test_engine_rollouts_learn_too(toy_setup, one_thread):
     assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.3
     # DVCLive: every GRPO plot file that dvc.yaml names (reward, length, clipped share, KL, lr) is written
     plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
-    files = [f for p in plots for title, spec in p.items() if title.startswith("grpo") for f in spec["y"]]
+    files = [f for p in plots for title, spec in p.items()  # held-out curves: tests/test_monitoring.py
+             if title.startswith("grpo") and "held-out" not in title for f in spec["y"]]
     files.append("dvclive/train/plots/metrics/train/learning_rate.tsv")
     for f in files:
         if "/rewards/" in f:  # per-function curves: the toy run's function is share_of_a
@@ -340,7 +347,7 @@ def test_recipe_dry_run_prints_the_dvc_command(capsys):
 
     assert main(["recipe", "open-rs3", "--dry-run", "--params", str(shipped_params_path())]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith("dvc exp run -n tina-open-rs3 ")
+    assert re.match(r"dvc exp run -n tina-open-rs3-\d{8}-\d{6}-[0-9a-f]{4} ", line), line
     for flag in ["-S train.method=grpo", "-S train.max_steps=1500", "-S train.grpo.stop_at_step=850",
                  "-S train.warmup_steps=150", "-S train.learning_rate=1e-06",
                  "-S train.lr_scheduler_type=cosine_with_min_lr", "-S train.grpo.min_lr_rate=0.1",
@@ -398,6 +405,8 @@ def test_train_stage_runs_grpo_and_reports_cost(toy_setup, tmp_path):
     cfg_raw = _deep_merge(raw, {k: v for k, v in _toy_overrides(model_dir, train_path, 3).items()})
     cfg_raw["train"]["grpo"]["reward_funcs"] = ["format"]  # a real reward through the stage
     cfg_raw["train"]["grpo"]["reward_weights"] = [1.0]
+    cfg_raw["train"]["grpo"]["held_out"] = 2  # monitoring through the stage: its files land in dvclive/train
+    cfg_raw["train"]["eval_steps"] = 2
     (work / "params.yaml").write_text(yaml.safe_dump(cfg_raw, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "stages/train.py"], cwd=work, capture_output=True, text=True,
@@ -408,6 +417,9 @@ def test_train_stage_runs_grpo_and_reports_cost(toy_setup, tmp_path):
     assert set(metrics["cost"]) >= {"gpu_seconds", "usd", "wall_seconds"} and "format" in metrics["final_rewards"]
     assert (work / "models" / "adapter" / "adapter_config.json").is_file()
     assert (work / "dvclive" / "train" / "plots" / "metrics" / "train" / "rewards" / "format" / "mean.tsv").is_file()
+    assert (work / "dvclive" / "train" / "plots" / "metrics" / "eval" / "heldout" / "accuracy.tsv").is_file()
+    assert (work / "dvclive" / "train" / "completions.jsonl").read_text().count("\n") == 3 * 4  # 3 logging steps x 4
+    assert set(metrics["final_heldout"]) >= {"accuracy", "format_rate", "mean_length"}
 
 
 def test_merged_shadow_generates_like_the_unmerged_lora_model(toy_setup, one_thread):

@@ -6,12 +6,15 @@ import pytest
 from conftest import shipped_params
 from tinyreason.config import _deep_merge, config_from_dict
 from tinyreason.grpo_plan import plan_grpo
-from tinyreason.sft import GIB, ModelDims
+from tinyreason.training import GIB
 
 # Qwen2.5-1.5B / DeepSeek-R1-Distill-Qwen-1.5B shapes (tied embeddings)
-QWEN_15B = ModelDims(n_params=1_543_714_304, embed_params=233_373_696, hidden=1536, intermediate=8960,
-                     layers=28, vocab=151936)
-SHAPE = dict(dims=QWEN_15B, kv_heads=2, head_dim=128)
+
+
+@pytest.fixture(scope="module")
+def shape(qwen25_15b_dims) -> dict:
+    """Qwen2.5-1.5B / DeepSeek-R1-Distill-Qwen-1.5B: the model shape and its K/V layout."""
+    return dict(dims=qwen25_15b_dims, kv_heads=2, head_dim=128)
 
 
 def open_rs2(**train):
@@ -24,23 +27,23 @@ def open_rs2(**train):
     return config_from_dict(_deep_merge(shipped_params(), over))
 
 
-def test_80gb_card_drops_checkpointing_with_smaller_micro_batches():
-    plan = plan_grpo(open_rs2(), cuda=True, free_bytes=79 * GIB, **SHAPE)
+def test_80gb_card_drops_checkpointing_with_smaller_micro_batches(shape):
+    plan = plan_grpo(open_rs2(), cuda=True, free_bytes=79 * GIB, **shape)
     assert not plan.gradient_checkpointing
     assert plan.micro_batch * plan.accumulation == 48 and plan.micro_batch < 6
     assert plan.estimated_peak_gib <= 0.85 * 79
 
 
-def test_more_memory_means_larger_micro_batches_and_the_rollout_batch_never_changes():
-    plans = [plan_grpo(open_rs2(), cuda=True, free_bytes=gib * GIB, **SHAPE) for gib in (24, 48, 80, 140, 400)]
+def test_more_memory_means_larger_micro_batches_and_the_rollout_batch_never_changes(shape):
+    plans = [plan_grpo(open_rs2(), cuda=True, free_bytes=gib * GIB, **shape) for gib in (24, 48, 80, 140, 400)]
     assert all(p.micro_batch * p.accumulation == 48 for p in plans)
     sizes = [(not p.gradient_checkpointing, p.micro_batch) for p in plans]
     assert sizes == sorted(sizes) and sizes[0] != sizes[-1]
     assert plans[-1].micro_batch >= 24 and not plans[-1].gradient_checkpointing
 
 
-def test_too_little_memory_falls_back_to_one_sequence_with_checkpointing():
-    plan = plan_grpo(open_rs2(), cuda=True, free_bytes=8 * GIB, **SHAPE)
+def test_too_little_memory_falls_back_to_one_sequence_with_checkpointing(shape):
+    plan = plan_grpo(open_rs2(), cuda=True, free_bytes=8 * GIB, **shape)
     assert (plan.micro_batch, plan.accumulation, plan.gradient_checkpointing) == (1, 48, True)
 
 
@@ -49,8 +52,8 @@ def test_too_little_memory_falls_back_to_one_sequence_with_checkpointing():
     ("bnpo", open_rs2(loss_type="bnpo"), True),
     ("cpu", open_rs2(), False),
 ])
-def test_params_kept_where_the_cut_would_change_the_run(why, cfg, cuda):
-    plan = plan_grpo(cfg, cuda=cuda, free_bytes=79 * GIB, **SHAPE)
+def test_params_kept_where_the_cut_would_change_the_run(why, cfg, cuda, shape):
+    plan = plan_grpo(cfg, cuda=cuda, free_bytes=79 * GIB, **shape)
     assert (plan.micro_batch, plan.accumulation, plan.gradient_checkpointing) == (6, 8, True), why
     assert plan.reason
 

@@ -1,4 +1,4 @@
-"""Issue 14.1: the tests do not depend on the workspace's params.yaml, which `dvc exp run -S
+"""The tests do not depend on the workspace's params.yaml, which `dvc exp run -S
 profile=cpu` (the README's `bash scripts/run.sh` without a GPU) rewrites. They read the shipped
 params through conftest.shipped_params*, or write their own."""
 

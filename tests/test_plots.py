@@ -1,4 +1,4 @@
-"""Issue 17.4: `dvc plots show/diff` after either method's run report no plot as missing, and the page
+"""`dvc plots show/diff` after either method's run report no plot as missing, and the page
 they write draws offline (vega, vega-lite and vega-embed inlined; no CDN)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 17.4: a CPU run's log is not flooded. Loading the CPU profile's GGUF model draws no
+"""A CPU run's log is not flooded. Loading the CPU profile's GGUF model draws no
 "Converting and de-quantizing GGUF tensors" bar, and saving a LoRA adapter on it (what the train stage
 does at every checkpoint) prints no PEFT "Could not find a config file" warning. Run in a fresh
 interpreter, as a stage runs, with stderr captured as DVC captures it (not a terminal)."""

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from test_grpo import one_thread, toy_config, toy_setup  # noqa: F401 - fixtures
 from tinyreason import rewards
 from tinyreason.config import GrpoSettings
 from tinyreason.grading import grade_answer
@@ -71,3 +72,33 @@ def test_build_reward_funcs_names_weights_and_params():
     assert weights == [1.0, 2.0, 0.5, 1.0]
     assert funcs[1](["x" * 20 + "\\boxed{1}"], answer=["1"]) == [pytest.approx(0.5)]  # max_len 10 used
     assert rewards.format_reward.__name__ == "format_reward"  # the module's functions are not renamed
+
+
+def test_overlong_reward_is_dapos_soft_punishment_on_token_counts():
+    """0 up to max - cache tokens, linear down to -1 at max (DAPO eq. 13); read from TRL's completion_ids."""
+    s = GrpoSettings(reward_funcs=["overlong"], reward_weights=[1.0], max_completion_length=100, overlong_cache=20)
+    (overlong,), _ = rewards.build_reward_funcs(s)
+    assert overlong.__name__ == "overlong"
+    texts = ["short", "mid", "longer", "cut"]
+    ids = [[7] * 50, [7] * 80, [7] * 90, [7] * 100]
+    assert overlong(texts, completion_ids=ids, answer=["1"] * 4) == [0.0, 0.0, pytest.approx(-0.5), -1.0]
+    (default,), _ = rewards.build_reward_funcs(GrpoSettings(reward_funcs=["overlong"], reward_weights=[1.0],
+                                                            max_completion_length=100))
+    assert default(texts, completion_ids=[[7] * 80, [7] * 90]) == [0.0, pytest.approx(-0.5)]  # cache: a fifth
+
+
+def test_overlong_reward_reaches_trls_trainer(toy_setup, one_thread):  # noqa: F811
+    """Named in params, it is called by GRPOTrainer with the rollouts' token ids and logged by name."""
+    from tinyreason.grpo import train_grpo
+
+    root, model_dir, train_path = toy_setup
+    cfg = toy_config(model_dir, train_path, 1, reward_funcs=["overlong"], reward_weights=[1.0], overlong_cache=4)
+    result = train_grpo(cfg, train_path, root / "ckpt-overlong")
+    logged = [e for e in result.trainer.state.log_history if "rewards/overlong/mean" in e]
+    assert logged and -1.0 <= logged[0]["rewards/overlong/mean"] <= 0.0
+    # 8-token budget, cache 4: each completion loses max(0, length - 4) / 4, so the mean penalty is at least
+    # that of the mean length (convexity), and exactly -1 when every completion hit the budget
+    mean_length, mean_reward = logged[0]["completions/mean_length"], logged[0]["rewards/overlong/mean"]
+    assert mean_reward <= -max(0.0, mean_length - 4) / 4 + 1e-6
+    if logged[0]["completions/clipped_ratio"] == 1.0:
+        assert mean_reward == pytest.approx(-1.0)

@@ -1,4 +1,4 @@
-"""Issue 9, safe loading: no remote code unless params turn it on, weights only from safetensors
+"""Safe loading: no remote code unless params turn it on, weights only from safetensors
 (a model or adapter with only pickled weights is refused), and the container runs as non-root.
 
 (The HF_TOKEN "no secret written" check runs on full pipelines: tests/test_determinism.py and

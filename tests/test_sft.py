@@ -1,12 +1,10 @@
-"""train.speed: the fast SFT path learns what the faithful (seed) path learns.
+"""SFT runs on TRL's own SFTTrainer, collator and loss; train.speed only chooses settings.
 
-On CPU there is no 4-bit and no Liger, so what can differ between the two paths here is how a step
-is batched and how its loss is computed: faithful = TRL SFTTrainer's own loss over padded
-micro-batches of 2 with 2 accumulation steps (token-normalised over the whole step through
-`num_items_in_batch`); fast = one padding-free micro-batch of 4 (block-diagonal attention) and the
-lean loss over completion positions only. Same data, seed, schedule and optimizer: the per-step
-train losses, gradient norms and eval losses must agree to float32 rounding (stated tolerances
-below). NF4 vs bf16 base weights, the other GPU-only difference, is measured by bench/sft.py.
+On CPU there is no 4-bit, so what the two speeds change here is how a step is batched: faithful =
+padded micro-batches of 2 with 2 accumulation steps (token-normalised over the whole step through
+`num_items_in_batch`); fast = one padded micro-batch of 4. Same data, seed, schedule and optimizer:
+the per-step train losses, gradient norms and eval losses must agree to float32 rounding (stated
+tolerances below). NF4 vs bf16 base weights, the other GPU-only difference, is measured by bench/sft.py.
 """
 
 from __future__ import annotations
@@ -27,9 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 # float32 on CPU; the two paths differ only in summation order and padding.
 LOSS_RTOL = 1e-4
 GRAD_NORM_RTOL = 1e-3
-
-QWEN_1_5B = sft.ModelDims(n_params=1_543_714_304, embed_params=233_373_696, hidden=1536,
-                          intermediate=8960, layers=28, vocab=151936)
 
 
 def _cfg(model_dir: Path | None = None, **train):
@@ -98,7 +93,7 @@ def _curves(result):
 
 
 @pytest.mark.slow  # ~40 s of CPU (two short trainings); ~90 s on a busy 2-core machine
-def test_fast_path_learns_like_the_faithful_path(tiny_dir, sft_files, tmp_path):
+def test_fast_settings_learn_like_the_faithful_settings(tiny_dir, sft_files, tmp_path):
     train_file, val_file = sft_files
     runs = {}
     for speed in ("faithful", "fast"):
@@ -108,8 +103,7 @@ def test_fast_path_learns_like_the_faithful_path(tiny_dir, sft_files, tmp_path):
 
     faithful, fast = runs["faithful"], runs["fast"]
     assert faithful[0].metrics["speed"]["micro_batch"] == 2 and faithful[0].metrics["speed"]["accumulation"] == 2
-    plan = fast[0].metrics["speed"]
-    assert (plan["micro_batch"], plan["accumulation"], plan["padding_free"], plan["lean_loss"]) == (4, 1, True, True)
+    assert (fast[0].metrics["speed"]["micro_batch"], fast[0].metrics["speed"]["accumulation"]) == (4, 1)
 
     assert sorted(faithful[1]) == sorted(fast[1]) == [1, 2, 3, 4]
     for step, (loss, grad_norm) in faithful[1].items():
@@ -121,63 +115,79 @@ def test_fast_path_learns_like_the_faithful_path(tiny_dir, sft_files, tmp_path):
         assert math.isclose(fast[2][step], loss, rel_tol=LOSS_RTOL), (step, loss, fast[2][step])
     # It learned something (lr 2e-3 on a random model): the comparison is not between two flat lines.
     assert faithful[1][4][0] < faithful[1][1][0]
-    # Same number of tokens seen (padding-free counts no padding, like TRL's non-padding count).
+    # Same number of tokens seen (TRL counts non-padding tokens).
     assert fast[0].metrics["train_tokens"] == faithful[0].metrics["train_tokens"]
     # The plan is kept next to the checkpoints, so a resumed run batches the same way.
     assert json.loads((tmp_path / "fast" / sft.SPEED_PLAN_FILE).read_text())["micro_batch"] == 4
 
 
-def test_lean_loss_normalises_by_tokens_across_accumulation():
-    """Micro-batches with num_items_in_batch = the step's target count sum to the one-batch loss,
-    which is the per-token mean over the whole step (not a mean of micro-batch means)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, initializer_range=1.0,
-                                         attn_implementation="sdpa")).float()
-    rng = torch.Generator().manual_seed(1)
-    examples = []
-    for n, prompt in ((9, 3), (30, 10), (5, 2), (17, 4)):  # very unequal completion lengths
-        ids = torch.randint(3, 97, (n,), generator=rng).tolist()
-        examples.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
-    collate = sft.PaddingFreeCollator(pad_token_id=0)
-    whole = collate(examples)
-    total = int((whole["shift_labels"] != -100).sum())
-    assert total == sum(len(e["input_ids"]) - (e["labels"].count(-100)) for e in examples)
-    one_batch = sft.lean_causal_lm_loss(model, whole)
-    accumulated = sum(sft.lean_causal_lm_loss(model, collate(examples[i:i + 2]), torch.tensor(total))
-                      for i in (0, 2))
-    assert torch.allclose(one_batch, accumulated, rtol=1e-5)
-    means = [sft.lean_causal_lm_loss(model, collate(examples[i:i + 2])) for i in (0, 2)]
-    assert not torch.allclose(one_batch, sum(means) / 2, rtol=1e-3)
-
-    # Padding-free == padded: the same loss as the model's own (padded, per-sequence) forward.
-    ref_sum, ref_count = 0.0, 0
-    for e in examples:
-        ids = torch.tensor([e["input_ids"]])
-        labels = torch.tensor([e["labels"]])
-        out = model(input_ids=ids, labels=labels)
-        n = int((labels[:, 1:] != -100).sum())
-        ref_sum, ref_count = ref_sum + out.loss * n, ref_count + n
-    assert torch.allclose(one_batch, ref_sum / ref_count, rtol=1e-5)
+def _lora_grads(trainer, batch) -> tuple[float, dict]:
+    """The loss of `batch` through trainer.compute_loss and the gradient of every LoRA weight."""
+    model = trainer.model
+    model.eval()  # no dropout: the two trainers must see the same function
+    model.zero_grad()
+    count = int((batch["labels"][:, 1:] != -100).sum())
+    loss = trainer.compute_loss(model, batch, num_items_in_batch=torch.tensor(count))
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_plan_fast_on_a_large_gpu_uses_one_bf16_micro_batch_without_checkpointing():
-    cfg = _cfg(speed="fast", per_device_train_batch_size=2, gradient_accumulation_steps=4)
+def test_loss_and_gradients_equal_a_hand_configured_sft_trainer(tiny_dir, sft_files, tmp_path):
+    """The stage's trainer is TRL's SFTTrainer, and on a fixed batch its loss (assistant turn only) and
+    LoRA gradients equal those of an SFTTrainer configured by hand from TRL's documented options."""
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    train_file, val_file = sft_files
+    ours, plan = sft.build_trainer(_cfg(tiny_dir, speed="fast"), train_file, val_file, tmp_path / "ours")
+    assert type(ours) is SFTTrainer and (plan.micro_batch, plan.accumulation) == (4, 1)
+    hand = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32),
+        args=SFTConfig(output_dir=str(tmp_path / "hand"), per_device_train_batch_size=4, max_length=256,
+                       completion_only_loss=True, use_cpu=True, report_to="none", learning_rate=2e-3),
+        train_dataset=sft.read_prompt_completion(train_file), processing_class=AutoTokenizer.from_pretrained(tiny_dir),
+        peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+                               target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                               "down_proj"]))
+    # The same non-zero LoRA weights in both (PEFT starts B at zero, which would hide A's gradient).
+    weights = torch.Generator().manual_seed(0)
+    hand_params = dict(hand.model.named_parameters())
+    for name, param in ours.model.named_parameters():
+        if param.requires_grad:
+            param.data = torch.randn(param.shape, generator=weights) * 0.05
+            hand_params[name].data = param.data.clone()
+    assert {n for n, p in hand_params.items() if p.requires_grad} == \
+        {n for n, p in ours.model.named_parameters() if p.requires_grad}
+
+    rows = [ours.train_dataset[i] for i in range(4)]
+    batch = ours.data_collator(rows)
+    hand_batch = hand.data_collator([hand.train_dataset[i] for i in range(4)])
+    assert batch.keys() == hand_batch.keys() and all(torch.equal(batch[k], hand_batch[k]) for k in batch)
+    prompt_tokens = int((batch["labels"] == -100).sum()) - int((batch["attention_mask"] == 0).sum())
+    assert prompt_tokens > 0  # the prompt is masked out of the loss: completion-only, by TRL's collator
+
+    loss, grads = _lora_grads(ours, batch)
+    hand_loss, hand_grads = _lora_grads(hand, hand_batch)
+    assert math.isclose(loss, hand_loss, rel_tol=1e-6) and loss > 0
+    assert grads.keys() == hand_grads.keys()
+    for name, grad in grads.items():
+        assert torch.allclose(grad, hand_grads[name], rtol=1e-5, atol=1e-8), name
+    assert any(grad.abs().sum() > 0 for grad in grads.values())
+
+
+def test_plan_fast_on_a_large_gpu_uses_one_bf16_micro_batch_without_checkpointing(qwen25_15b_dims):
     cfg = config_from_dict({"model": {"load_in_4bit": True}, "train": {"speed": "fast"}}, "test")
     lengths = [150 + (i * 37) % 200 for i in range(1800)]
-    plan = sft.plan_speed(cfg, cuda=True, free_bytes=78 * sft.GIB, dims=QWEN_1_5B, lengths=lengths,
-                          liger_available=True)
+    plan = sft.plan_speed(cfg, cuda=True, free_bytes=78 * sft.GIB, dims=qwen25_15b_dims, lengths=lengths)
     assert (plan.micro_batch, plan.accumulation) == (8, 1)
-    assert not plan.load_in_4bit and not plan.gradient_checkpointing
-    assert plan.padding_free and plan.lean_loss and plan.liger and plan.pure_bf16 and not plan.cudnn_attention
+    assert not plan.load_in_4bit and not plan.gradient_checkpointing and plan.pure_bf16
 
 
-def test_plan_fast_degrades_to_what_fits():
+def test_plan_fast_degrades_to_what_fits(qwen25_15b_dims):
     cfg = config_from_dict({"model": {"load_in_4bit": True}, "train": {"speed": "fast"}}, "test")
     lengths = [2048] * 100  # worst case: every sequence at max_length
-    plans = {gib: sft.plan_speed(cfg, cuda=True, free_bytes=gib * sft.GIB, dims=QWEN_1_5B, lengths=lengths)
+    plans = {gib: sft.plan_speed(cfg, cuda=True, free_bytes=gib * sft.GIB, dims=qwen25_15b_dims, lengths=lengths)
              for gib in (78, 15, 6, 1)}
     for gib, plan in plans.items():
         assert plan.micro_batch * plan.accumulation == 8
@@ -188,30 +198,14 @@ def test_plan_fast_degrades_to_what_fits():
     assert plans[1].micro_batch == 1 and plans[1].gradient_checkpointing  # nothing fits: smallest
 
 
-def test_plan_faithful_is_the_configuration_as_written():
+def test_plan_faithful_is_the_configuration_as_written(qwen25_15b_dims):
     cfg = config_from_dict({"train": {"speed": "faithful"}}, "test")
-    plan = sft.plan_speed(cfg, cuda=True, free_bytes=78 * sft.GIB, dims=QWEN_1_5B, lengths=[300] * 10,
-                          liger_available=True)
+    plan = sft.plan_speed(cfg, cuda=True, free_bytes=78 * sft.GIB, dims=qwen25_15b_dims, lengths=[300] * 10)
     assert (plan.micro_batch, plan.accumulation, plan.load_in_4bit, plan.gradient_checkpointing) == (2, 4, True, True)
-    assert not (plan.padding_free or plan.lean_loss or plan.liger or plan.pure_bf16)
+    assert not plan.pure_bf16
 
 
 def test_speed_is_validated():
     assert config_from_dict({}, "test").train.speed == "fast"
     with pytest.raises(ConfigError, match="train.speed.*faithful, fast"):
         config_from_dict({"train": {"speed": "turbo"}}, "test")
-
-
-def test_padded_and_padding_free_batches_give_the_same_loss():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, initializer_range=1.0,
-                                         attn_implementation="sdpa")).float()
-    examples = [{"input_ids": list(range(3, 3 + n)), "labels": [-100] * 2 + list(range(5, 3 + n))} for n in (7, 19, 4)]
-    free = sft.PaddingFreeCollator(pad_token_id=0)(examples)
-    padded = sft.PaddingFreeCollator(pad_token_id=0, padding_free=False)(examples)
-    assert free["input_ids"].shape == (1, 30) and padded["input_ids"].shape == (3, 19)
-    assert int((free["shift_labels"] != -100).sum()) == int((padded["shift_labels"] != -100).sum()) == 24
-    assert torch.allclose(sft.lean_causal_lm_loss(model, free), sft.lean_causal_lm_loss(model, padded), rtol=1e-5)

@@ -14,7 +14,6 @@ from tinyreason.stats import (
     newcombe_paired_interval,
     paired_difference,
     pass_at_k,
-    pass_at_k_mean,
     wilson_interval,
 )
 
@@ -183,12 +182,11 @@ def test_pass_at_k_hand_values_and_stability():
             pass_at_k(*bad)
 
 
-def test_mean_at_k_and_pass_at_k_mean():
+def test_mean_at_k():
     lists = [[True, False, False, False], [True, True, True, True], [False] * 4]
     assert mean_at_k(lists) == pytest.approx((0.25 + 1 + 0) / 3)
-    assert pass_at_k_mean(lists, 1) == pytest.approx(mean_at_k(lists))  # pass@1 == mean@k
-    assert pass_at_k_mean(lists, 4) == pytest.approx(2 / 3)
-    assert pass_at_k_mean(lists, 2) == pytest.approx((0.5 + 1 + 0) / 3)  # 1 - C(3,2)/C(4,2) = 0.5
+    # mean@k is pass@1 averaged over problems
+    assert mean_at_k(lists) == pytest.approx(sum(pass_at_k(4, sum(s), 1) for s in lists) / 3)
     with pytest.raises(ValueError):
         mean_at_k([])
     with pytest.raises(ValueError):

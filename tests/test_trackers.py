@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conftest import shipped_params, shipped_params_path
-from tinyreason import sft, tracking
+from tinyreason import checkpoints, sft, tracking
 from tinyreason.config import TRACKERS, config_from_dict, load_config
 from tinyreason.errors import ConfigError
 
@@ -72,7 +72,7 @@ def test_both_methods_trainer_arguments_get_report_to(method, tmp_path, monkeypa
 
 def test_report_to_does_not_change_the_checkpoint_directory(tmp_path):
     def fingerprint(**train):
-        return sft.checkpoint_dir_for(tmp_path, config_from_dict({"train": train}, "test"))
+        return checkpoints.checkpoint_dir_for(tmp_path, config_from_dict({"train": train}, "test"))
 
     assert fingerprint() == fingerprint(report_to=["dvclive", "wandb"])
     assert fingerprint() != fingerprint(max_steps=251)

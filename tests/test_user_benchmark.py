@@ -1,4 +1,4 @@
-"""Issue 17.3: a user's own test set under its own name (evaluate.benchmarks.<name>: {path, ...}).
+"""A user's own test set under its own name (evaluate.benchmarks.<name>: {path, ...}).
 
 Config validation (an unknown name without a path, keys that need a path), the loader (the user's field names,
 bare or GSM8K-style answers, one-line errors naming file, field and fix), the leak check against the user's

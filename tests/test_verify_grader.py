@@ -7,7 +7,7 @@ import pytest
 
 from tinyreason import cli, grading
 from tinyreason.benchmarks import Problem, load_benchmark
-from tinyreason.grading import render_reference_completion, verify_grader
+from tinyreason.verify_grader import render_reference_completion, verify_grader
 
 
 def _assert_clean(entry, n):

@@ -19,7 +19,6 @@ seed and does not depend on `limit`.
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import random
 import re
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from tinyreason import sources
 from tinyreason.errors import DataError, TinyReasonError
 from tinyreason.formats import ANSWER_FORMATS, CHOICE, FINAL_ANSWER  # noqa: F401 - ANSWER_FORMATS re-exported
 
@@ -78,7 +78,7 @@ class BenchmarkSpec:
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     spec.name: spec
     for spec in (
-        BenchmarkSpec("gsm8k", "data/benchmarks/gsm8k/test.jsonl", "final_answer", None,
+        BenchmarkSpec("gsm8k", "data/benchmarks/gsm8k/test.jsonl", FINAL_ANSWER, None,
                       "openai/gsm8k", "main", "test", "GSM8K test, 1319 grade-school word problems"),
         BenchmarkSpec("math500", "data/benchmarks/math500/test.jsonl", "boxed", None,
                       "HuggingFaceH4/MATH-500", None, "test", "MATH-500 (PRM800K test split), LaTeX answers"),
@@ -93,7 +93,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         BenchmarkSpec("gpqa_diamond", None, "choice", None, GPQA_HUB_ID, GPQA_CONFIG, "train",
                       "GPQA-Diamond, 198 multiple-choice science questions (gated, not vendored)"),
         # The CPU profile's learning task (tinyreason/addition.py): held-out problems of what it trains on.
-        BenchmarkSpec("addition", "data/benchmarks/addition/test.jsonl", "final_answer", None, None, None, "test",
+        BenchmarkSpec("addition", "data/benchmarks/addition/test.jsonl", FINAL_ANSWER, None, None, None, "test",
                       "single-digit addition, 32 held-out problems (generated; the CPU profile's task)"),
     )
 }
@@ -328,25 +328,16 @@ def _looks_like_hub_id(path: str) -> bool:
 
 
 def _iter_jsonl(file: Path, limit: int | None):
-    with file.open(encoding="utf-8") as handle:
-        count = 0
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{file}:{lineno}: malformed JSON ({exc.msg}); fix or delete that line") from None
-            yield row, count, f"{file}:{lineno}"
-            count += 1
-            if limit is not None and count >= limit:
-                return
+    for count, (lineno, row) in enumerate(sources.iter_jsonl(file)):
+        if limit is not None and count >= limit:
+            return
+        yield row, count, f"{file}:{lineno}"
 
 
 def _hub_help(spec: BenchmarkSpec, hub_id: str) -> str:
     if spec.answer_format == CHOICE:
         return (f"GPQA is gated and not vendored (its authors ask that it not be shared in plain text): accept the "
-                f"terms at https://huggingface.co/datasets/{hub_id}, run `huggingface-cli login` (or set HF_TOKEN), "
+                f"terms at https://huggingface.co/datasets/{hub_id}, run `hf auth login` (or set HF_TOKEN), "
                 f"and run online")
     local = f" or use the vendored copy ({spec.path})" if spec.path else ""
     return f"check the network / HF_HUB_OFFLINE and the dataset id{local}"
@@ -356,16 +347,7 @@ def _load_hub_rows(spec: BenchmarkSpec, path: str) -> list[dict]:
     hub_id, _, config = path.partition(":")
     config = config or (spec.hub_config if hub_id == spec.hub_id else None)
     split = spec.hub_split if hub_id == spec.hub_id else "test"
-    try:
-        import datasets  # heavy import: only when a hub id is asked for
-
-        dataset = datasets.load_dataset(hub_id, config, split=split)
-    except Exception as exc:  # network, auth (gated), missing dataset/config/split: all end here
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise DataError(f"cannot load {spec.name} from the Hugging Face Hub ({hub_id}"
-                        f"{', ' + config if config else ''}, split {split}): {type(exc).__name__}: {reason}; "
-                        f"{_hub_help(spec, hub_id)}") from None
-    return [dict(row) for row in dataset]
+    return sources.load_hub_rows(hub_id, config, split, spec.name, _hub_help(spec, hub_id))
 
 
 def benchmark_source(name: str, path: str | Path | None = None, spec: BenchmarkSpec | None = None) -> str | Path:

@@ -21,22 +21,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinyreason import paths
 from tinyreason.errors import TinyReasonError
+from tinyreason.formats import FINAL_ANSWER, FINAL_ANSWER_MARKER, THINK_CLOSE
 from tinyreason.grading import extract_answer
 
-THINK_END = "</think>"
-FINAL_ANSWER_START = "**final answer"  # lower-cased start of grading's `**Final Answer:**` marker
+# Lower-cased start of the final-answer marker: streaming holds text back from here on.
+FINAL_ANSWER_START = FINAL_ANSWER_MARKER.rstrip(":*").lower()
 QUIT_WORDS = {"exit", "quit", "/exit", "/quit", ":q"}
 NEW_WORDS = {"/new", "/reset"}
 CHAT_DEFAULTS = {"temperature": 0.1, "max_new_tokens": 1024}
 SOLVE_DEFAULTS = {"temperature": 0.0, "max_new_tokens": 1024}
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,8 +57,8 @@ class Solution:
 
 def split_reasoning(completion: str) -> str:
     """The trace: text before `</think>`; without one, text before the last `**Final Answer:**`."""
-    if THINK_END in completion:
-        return completion.split(THINK_END, 1)[0].strip()
+    if THINK_CLOSE in completion:
+        return completion.split(THINK_CLOSE, 1)[0].strip()
     lowered = completion.lower()
     cut = lowered.rfind(FINAL_ANSWER_START)
     return (completion[:cut] if cut >= 0 else completion).strip()
@@ -65,9 +67,9 @@ def split_reasoning(completion: str) -> str:
 def why_no_answer(truncated_at: int | None, suggest_trace: bool = True) -> str:
     """One line for a completion without a final answer: cut off by the budget, or the model stopped."""
     if truncated_at:
-        return (f"generation hit --max-new-tokens {truncated_at} before **Final Answer:** "
+        return (f"generation hit --max-new-tokens {truncated_at} before {FINAL_ANSWER_MARKER} "
                 "(fix: raise --max-new-tokens)")
-    return ("the model stopped without writing **Final Answer:** (an untrained base model often ignores the "
+    return (f"the model stopped without writing {FINAL_ANSWER_MARKER} (an untrained base model often ignores the "
             "format" + ("; see the trace with --show-reasoning)" if suggest_trace else ")"))
 
 
@@ -93,9 +95,9 @@ class StreamView:
 
     Styles come from rich, which writes plain text when the console is not a terminal."""
 
-    MARKERS = (THINK_END, FINAL_ANSWER_START)
+    MARKERS = (THINK_CLOSE, FINAL_ANSWER_START)
 
-    def __init__(self, console, answer_format: str = "final_answer"):
+    def __init__(self, console, answer_format: str = FINAL_ANSWER):
         self.console = console
         self.answer_format = answer_format
         self.pending = ""  # reasoning text not yet printed (may hold a partial marker)
@@ -139,7 +141,7 @@ class StreamView:
             self.console.print("Final Answer: ", style="bold", end="", markup=False, highlight=False)
             self.console.print(answer, style="bold green", markup=False, highlight=False)
             return answer
-        rest = self.tail.replace(THINK_END, "").strip()
+        rest = self.tail.replace(THINK_CLOSE, "").strip()
         if rest:
             self.console.print(rest, markup=False, highlight=False)
         if interrupted:
@@ -175,12 +177,12 @@ def resolve_adapter(cfg, params: str | Path, adapter: str | None, base_only: boo
         return None
     if adapter is not None:
         path = Path(adapter)
-        if not (path / ADAPTER_CONFIG).is_file():
-            raise TinyReasonError(f"--adapter {path}: no LoRA adapter there ({ADAPTER_CONFIG} missing) (fix: "
+        if not (path / paths.ADAPTER_CONFIG).is_file():
+            raise TinyReasonError(f"--adapter {path}: no LoRA adapter there ({paths.ADAPTER_CONFIG} missing) (fix: "
                                   "pass the directory the train stage wrote, models/adapter, or use --base-only)")
     else:
-        path = Path(params).parent / "models" / "adapter"
-        if not (path / ADAPTER_CONFIG).is_file():
+        path = Path(params).parent / paths.ADAPTER
+        if not (path / paths.ADAPTER_CONFIG).is_file():
             raise TinyReasonError(f"{path}: no trained adapter yet (fix: train one with `dvc repro train`, or on "
                                   "CPU `dvc exp run -S profile=cpu`; or pass --adapter PATH, or --base-only to "
                                   "use the base model)")
@@ -200,6 +202,24 @@ def resolve_adapter(cfg, params: str | Path, adapter: str | None, base_only: boo
                                   f"--profile {trained_profile})")
     check_adapter_matches(path, cfg.model)
     return path
+
+
+def trained_prompt(cfg, adapter: Path | None):
+    """The chat format the adapter was trained on, as its params.json records it: train.grpo.prompt after
+    GRPO, prepare.prompt after SFT (the recorded text, should params.yaml have changed since). Without an
+    adapter or a record: the params' prepare.prompt."""
+    from tinyreason.config import PromptConfig
+
+    record = adapter / "params.json" if adapter is not None else None
+    trained = json.loads(record.read_text()) if record is not None and record.is_file() else {}
+    train = trained.get("train") or {}
+    section = (train.get("grpo") or {}) if train.get("method") == "grpo" else (trained.get("prepare") or {})
+    name = section.get("prompt")
+    recorded = (trained.get("prompts") or {}).get(name)
+    if isinstance(recorded, dict):
+        known = {f.name for f in dataclasses.fields(PromptConfig)}
+        return PromptConfig(**{k: v for k, v in recorded.items() if k in known})
+    return cfg.prompts.get(name) or cfg.prompt(cfg.prepare.prompt)
 
 
 def _quiet_transformers() -> None:
@@ -248,18 +268,9 @@ class Solver:
                                                   pad_token_id=tokenizer.pad_token_id)
 
     def prompt_text(self, question: str, history: list[tuple[str, str]] = ()) -> str:
-        from tinyreason.prompts import build_messages, render_generation_prompt
+        from tinyreason.prompts import render_generation_prompt
 
-        if not history:
-            return render_generation_prompt(self.tokenizer, self.prompt, question)
-        messages = build_messages(self.prompt, question)
-        turns = []
-        for past_question, past_completion in history:
-            turns.append({"role": "user", "content": self.prompt.user_template.format(question=past_question)})
-            turns.append({"role": "assistant", "content": self.prompt.think_prefix + past_completion})
-        messages = messages[:-1] + turns + messages[-1:]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text + self.prompt.think_prefix
+        return render_generation_prompt(self.tokenizer, self.prompt, question, history)
 
     def _inputs(self, text: str):
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
@@ -281,7 +292,9 @@ class Solver:
 
     def stream(self, question: str, view: StreamView, history: list[tuple[str, str]] = ()) -> Solution:
         """Generate in a worker thread, feeding text to `view` as it comes. Ctrl-C stops generation
-        (the partial answer is kept) and is re-raised after the worker has finished."""
+        (the partial answer is kept; _Interrupted is raised after the worker has finished). While
+        streaming, Ctrl-C only sets a flag: a KeyboardInterrupt raised inside the console's
+        rendering could leave it half-way through a write."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -307,18 +320,17 @@ class Solver:
 
         start = time.perf_counter()
         worker = threading.Thread(target=work, name="tinyreason-generate", daemon=True)
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if main else None
         worker.start()
-        interrupted = False
         try:
-            for chunk in streamer:
+            for chunk in streamer:  # ends when generate does: at EOS, its budget, or Ctrl-C's stop
                 view.feed(chunk)
-        except KeyboardInterrupt:
-            interrupted = True
-            stop.set()
-            # Drain what the worker still writes so it never blocks on the queue.
-            for chunk in streamer:
-                view.feed(chunk)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
         worker.join()
+        interrupted = stop.is_set()
         if "error" in result:
             raise result["error"]
         ids = result.get("ids")
@@ -340,17 +352,17 @@ class _Interrupted(Exception):
 
 def _build_solver(args, defaults: dict, console_err) -> Solver:
     cfg = resolve_config(args.params, args.profile, args.model)
-    prompt_name = args.prompt or cfg.prepare.prompt
-    if prompt_name not in cfg.prompts:
-        raise TinyReasonError(f"--prompt {prompt_name}: not defined under prompts in {args.params} "
+    if args.prompt is not None and args.prompt not in cfg.prompts:
+        raise TinyReasonError(f"--prompt {args.prompt}: not defined under prompts in {args.params} "
                               f"(fix: one of {', '.join(cfg.prompts)})")
     adapter = resolve_adapter(cfg, args.params, args.adapter, args.base_only, profile_given=args.profile is not None)
+    prompt = cfg.prompts[args.prompt] if args.prompt is not None else trained_prompt(cfg, adapter)
     what = cfg.model.name_or_path + (f" + adapter {adapter}" if adapter else " (base model only)")
     console_err.print(f"loading {what} ...", style="dim", markup=False, highlight=False)
     tokenizer, model = load_model(cfg, adapter)
     temperature = defaults["temperature"] if args.temperature is None else args.temperature
     max_new_tokens = defaults["max_new_tokens"] if args.max_new_tokens is None else args.max_new_tokens
-    return Solver(model, tokenizer, cfg.prompts[prompt_name], temperature=temperature, top_p=args.top_p,
+    return Solver(model, tokenizer, prompt, temperature=temperature, top_p=args.top_p,
                   max_new_tokens=max_new_tokens, seed=cfg.seed if args.seed is None else args.seed)
 
 
@@ -499,7 +511,8 @@ def _add_common(parser: argparse.ArgumentParser, defaults: dict) -> None:
                        help="LoRA adapter directory (default: models/adapter next to the params file)")
     which.add_argument("--base-only", action="store_true", help="use the base model without an adapter")
     parser.add_argument("--prompt", default=None, metavar="NAME",
-                        help="chat format under `prompts:` (default: the one training used, prepare.prompt)")
+                        help="a chat format of prompts.yaml (default: the adapter's own, train.grpo.prompt after GRPO, "
+                             "prepare.prompt after SFT)")
     parser.add_argument("--temperature", type=_non_negative, default=None,
                         help=f"sampling temperature, 0 = greedy (default: {defaults['temperature']})")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: 1.0)")

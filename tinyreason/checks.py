@@ -12,12 +12,13 @@ a later stage; only the params and deps each stage itself lists do.
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
+from tinyreason import paths
 from tinyreason.config import RunConfig, load_config
-from tinyreason.errors import ConfigError, DataError
+from tinyreason.errors import ConfigError, DataError, TinyReasonError
 
-PASSED = Path("checks/passed.json")
 # Where a local train.grpo.train_path must live: the train stage's DVC dependency in dvc.yaml. DVC
 # deps cannot depend on params, so the stage declares this directory and the check refuses a file
 # elsewhere (DVC would not rerun training when it changed).
@@ -29,12 +30,13 @@ CHECKED = ["params.yaml: keys, types, ranges, the active profile and cross-refer
            "model.load_in_4bit, train.optim: supported on this machine",
            "train.report_to: every tracker installed",
            "train.grpo.train_path: a local file under data/raw/ (a train stage dependency)",
-           "train.grpo.rollout: vllm installed when asked for"]
+           "train.grpo.rollout: vllm installed when asked for",
+           "train.sft.trl_args, train.grpo.trl_args: fields of TRL's SFTConfig / GRPOConfig the pipeline does not set"]
 
 
 def check_inputs(cfg: RunConfig) -> None:
     """Everything a stage would refuse later, refused now (same checks, one-line errors)."""
-    from tinyreason import benchmarks, data, modeling, sft, tracking
+    from tinyreason import benchmarks, data, modeling, tracking, training
 
     modeling.check_model_location(cfg.model)
     data.local_data_file(cfg.prepare.train_path, data.PREPARE_PATH_FIX)
@@ -53,11 +55,49 @@ def check_inputs(cfg: RunConfig) -> None:
             benchmarks.benchmark_source(name, run.path, cfg.evaluate.spec_of(name, cfg.prompt(run.prompt).answer_format))
         except DataError as exc:
             raise DataError(f"params.yaml: evaluate.benchmarks.{name}.path: {exc}") from None
-    sft.check_device_support(cfg, Path("checkpoints"))
+    training.check_device_support(cfg, paths.CHECKPOINTS)
+    training.check_trl_args("sft", cfg.train.sft.trl_args)
+    training.check_trl_args("grpo", cfg.train.grpo.trl_args)
     tracking.check_trackers_installed(cfg.train.report_to)
 
 
-def check_run(params: str | Path = "params.yaml") -> RunConfig:
-    cfg = load_config(params)
-    check_inputs(cfg)
+def check_run(params: str | Path = paths.PARAMS) -> RunConfig:
+    try:
+        cfg = load_config(params)
+        check_inputs(cfg)
+    except TinyReasonError as exc:
+        hint = uncommitted_value_hint(params, str(exc))
+        if not hint:
+            raise
+        raise type(exc)(f"{exc} {hint}") from None
     return cfg
+
+
+def uncommitted_value_hint(params: str | Path, message: str) -> str:
+    """When the refused key holds a value the committed params file does not: `dvc exp run -S` writes its
+    values into params.yaml before the check runs and a failed run leaves them there, so every later run
+    fails on that old mistake until it is set right or undone. Empty when the key is as committed."""
+    from tinyreason.config import committed_params_mapping, load_params_mapping
+    from tinyreason.recipes import flatten_params
+
+    committed = committed_params_mapping(params)
+    try:
+        now = dict(flatten_params(load_params_mapping(params)))
+    except TinyReasonError:
+        return ""
+    if committed is None:
+        return ""
+    before = dict(flatten_params(committed))
+    for key, value in now.items():
+        if key in before and before[key] == value:
+            continue
+        parts = key.split(".")
+        # the key itself, or a parent the message names (evaluate.benchmarks.gsm8kk for its .limit)
+        named = [".".join(parts[:n]) for n in range(len(parts), 1, -1)
+                 if re.search(rf"(?<![\w.]){re.escape('.'.join(parts[:n]))}(?!\w)", message)]
+        if named:
+            shown = f"{key}={value!r}" if named[0] == key else named[0]
+            return (f"[{shown} is not the committed value: `dvc exp run -S` writes into {params} and a failed run "
+                    f"leaves it there, so later runs fail on it too (fix: set a valid value with -S {named[0]}=..., "
+                    f"or undo every -S: git checkout {params})]")
+    return ""

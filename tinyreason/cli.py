@@ -14,9 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     # Each module registers its own subcommand: add_parser(sub) sets `func` via set_defaults.
     # (Registration lines are added below as the modules land.)
-    from tinyreason import grading
+    from tinyreason import verify_grader
 
-    grading.add_parser(sub)  # verify-grader
+    verify_grader.add_parser(sub)  # verify-grader
     from tinyreason import chat
 
     chat.add_parser(sub)  # chat, solve
@@ -33,7 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `tinyreason recipe NAME [options] -- <dvc exp run flags>`: what follows `--` goes to DVC as is,
+    # wherever the options stand (argparse hands `--` only to a trailing positional).
+    dvc_args: list[str] = []
+    if argv[:1] == ["recipe"] and "--" in argv:
+        argv, dvc_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = build_parser().parse_args(argv)
+    if dvc_args:
+        args.dvc_args = dvc_args
     try:
         return int(args.func(args) or 0)
     except TinyReasonError as exc:

@@ -23,7 +23,8 @@ import yaml
 
 from tinyreason import benchmarks
 from tinyreason.errors import ConfigError
-from tinyreason.formats import ANSWER_FORMATS
+from tinyreason.formats import ANSWER_FORMATS, FINAL_ANSWER, FINAL_ANSWER_MARKER, THINK_OPEN
+from tinyreason.rewards import REWARDS
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,10 @@ class PromptConfig:
     system: str | None = None
     user_template: str = "{question}"
     # Primes the assistant turn at evaluation; training targets start with it too.
-    think_prefix: str = "<think>\n"
-    answer_template: str = "**Final Answer:** {answer}"
+    think_prefix: str = f"{THINK_OPEN}\n"
+    answer_template: str = f"{FINAL_ANSWER_MARKER} {{answer}}"
     # How answers in this format are graded: final_answer (seed normalisation), boxed (math-verify).
-    answer_format: str = field(default="final_answer", metadata=_range(choices=ANSWER_FORMATS))
+    answer_format: str = field(default=FINAL_ANSWER, metadata=_range(choices=ANSWER_FORMATS))
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,10 @@ class PrepareConfig:
     train_path: str = "data/raw/gsm8k/train.jsonl"
     hub_config: str = "main"
     hub_split: str = "train"
+    hub_revision: str | None = None  # a hub dataset's commit, branch or tag (null: the newest)
     num_samples: int = field(default=2000, metadata=_range(1))
     val_fraction: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))
-    prompt: str = "final_answer"
+    prompt: str = FINAL_ANSWER
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,6 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: list(LORA_PROJECTIONS))
 
 
-# Reward functions GRPO can use (train.grpo.reward_funcs), defined here once: rewards.py builds one for
-# each name and imports this tuple.
-GRPO_REWARDS = ("format", "accuracy", "cosine", "length")
 
 # Experiment trackers train.report_to may name: transformers' report_to integrations we document
 # (tests/test_trackers.py checks transformers knows each). dvclive is ours (tinyreason/tracking.py).
@@ -102,6 +101,7 @@ class GrpoSettings:
     train_path: str | None = None
     hub_config: str | None = None
     hub_split: str = "train"
+    hub_revision: str | None = None  # a hub dataset's commit, branch or tag (null: the newest)
     num_samples: int | None = field(default=None, metadata=_range(1))  # None: every row
     # A training problem that is also a test-benchmark problem is an error; true drops it instead.
     drop_test_overlap: bool = False
@@ -118,7 +118,7 @@ class GrpoSettings:
     # group: divide advantages by the group's reward std (GRPO); none: Dr.GRPO; batch: PPO-lite.
     scale_rewards: str = field(default="group", metadata=_range(choices=("group", "batch", "none")))
     mask_truncated_completions: bool = False
-    # Reward functions (names: GRPO_REWARDS) and their weights, same order. Lists, so an override
+    # Reward functions (names: rewards.REWARDS) and their weights, same order. Lists, so an override
     # replaces them whole. Tina: format 1 + accuracy (or cosine) 2.
     reward_funcs: list[str] = field(default_factory=lambda: ["format", "accuracy"])
     reward_weights: list[float] = field(default_factory=lambda: [1.0, 2.0])
@@ -128,6 +128,9 @@ class GrpoSettings:
     cosine_correct_long: float = 0.5
     cosine_wrong_short: float = 0.0
     cosine_wrong_long: float = -0.5
+    # overlong reward (DAPO's soft overlong punishment): 0 up to max_completion_length - overlong_cache
+    # tokens, then down to -1 at max_completion_length. null: a fifth of max_completion_length (DAPO: 4k of 20k).
+    overlong_cache: int | None = field(default=None, metadata=_range(1))
     # lr_scheduler_type=cosine_with_min_lr: the floor as a fraction of learning_rate.
     min_lr_rate: float = field(default=0.1, metadata=_range(0.0, 1.0))
     # The half-cosine trick: train.max_steps sets the schedule's length, training stops here (null:
@@ -144,6 +147,20 @@ class GrpoSettings:
     # the unmerged LoRA model: no adapter matmuls per generated token. Off: the engine runs PEFT as is.
     merge_for_rollout: bool = True
     log_completions: bool = False
+    # Training problems held out of training and scored every train.eval_steps with the evaluate stage's
+    # grader (tinyreason/monitoring.py): held-out accuracy, format rate and length curves. 0: off.
+    held_out: int = field(default=16, metadata=_range(0))
+    # Any other GRPOConfig field (epsilon_high, num_iterations, ...), merged last; checked against
+    # GRPOConfig by the check stage (tinyreason/training.py TRL_OWNED, GRPO_OWNED: keys set from params).
+    trl_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SftSettings:
+    """train.method=sft: settings of SFT alone."""
+
+    # Any other SFTConfig field (neftune_noise_alpha, ...), merged last, checked like train.grpo.trl_args.
+    trl_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -171,11 +188,11 @@ class TrainConfig:
     # Loss on the assistant turn only (TRL prompt-completion); false trains on the prompt too.
     completion_only_loss: bool = True
     gradient_checkpointing: bool = True
-    # How SFT runs (tinyreason/sft.py). faithful: the seed stack as configured (TRL SFTTrainer, QLoRA
-    # when model.load_in_4bit, micro-batch x accumulation as set). fast: the same optimisation problem
-    # (effective batch, token-normalised loss, lr schedule, data order, seed) planned for speed:
-    # micro-batch = effective batch and bf16 LoRA when GPU memory allows, padding-free batches, a
-    # lean loss over completion tokens, no cuDNN attention; see `sft.plan_speed`.
+    # The settings TRL's SFTTrainer runs with (tinyreason/sft.py). faithful: the seed stack as configured
+    # (QLoRA when model.load_in_4bit, micro-batch x accumulation as set). fast: the same optimisation
+    # problem (effective batch, token-normalised loss, lr schedule, data order, seed) planned for speed:
+    # micro-batch = effective batch, bf16 LoRA and no gradient checkpointing when GPU memory allows;
+    # see `sft.plan_speed`.
     speed: str = field(default="fast", metadata=_range(choices=("faithful", "fast")))
     # Data-parallel GPUs (tinyreason/distributed.py): 1 = one process; 0 = every visible GPU; N > 1
     # relaunches the stage through `accelerate launch` on N GPUs with the same global batch
@@ -184,13 +201,14 @@ class TrainConfig:
     # Where the training curves go (names: TRACKERS). dvclive is required: dvc.yaml's train outputs and
     # plots read dvclive/train. The others are passed to the trainer as transformers' report_to.
     report_to: list[str] = field(default_factory=lambda: ["dvclive"])
+    sft: SftSettings = field(default_factory=SftSettings)
     grpo: GrpoSettings = field(default_factory=GrpoSettings)
 
 
 @dataclass(frozen=True)
 class BenchmarkRun:
     limit: int | None = field(default=None, metadata=_range(1))  # None: the whole benchmark
-    prompt: str = "final_answer"  # a key of `prompts`
+    prompt: str = FINAL_ANSWER  # a key of `prompts`
     # None: the vendored copy; else a local JSONL or a hub dataset id. A name that is not a registered
     # benchmark (a user's own test set) needs one; its results are labelled with that name.
     path: str | None = None
@@ -249,7 +267,7 @@ class RunConfig:
     profile: str = "seed"
     seed: int = field(default=3407, metadata=_range(0))
     model: ModelConfig = field(default_factory=ModelConfig)
-    prompts: dict[str, PromptConfig] = field(default_factory=lambda: {"final_answer": PromptConfig()})
+    prompts: dict[str, PromptConfig] = field(default_factory=lambda: {FINAL_ANSWER: PromptConfig()})
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -408,7 +426,7 @@ def _apply_profile(sections: dict, overlay: dict, name: str, path: tuple[str, ..
             merged[key] = value
         elif current != value:
             dotted = ".".join(here)
-            log.info("profile %s: keeping %s=%r (set in params.yaml or with -S) over profiles.%s.%s=%r",
+            log.info("profile %s: keeping %s=%r (set in params.yaml or with -S) over profiles.yaml %s.%s=%r",
                      name, dotted, current, name, dotted, value)
     return merged
 
@@ -468,10 +486,10 @@ def _check_grpo(cfg: RunConfig, source: str) -> None:
     if g.prompt not in cfg.prompts:
         _fail(source, "train.grpo.prompt", f"{g.prompt!r} is not defined under prompts (known: {', '.join(cfg.prompts)})")
     if not g.reward_funcs:
-        _fail(source, "train.grpo.reward_funcs", f"needs at least one reward (known: {', '.join(GRPO_REWARDS)})")
+        _fail(source, "train.grpo.reward_funcs", f"needs at least one reward (known: {', '.join(REWARDS)})")
     for i, name in enumerate(g.reward_funcs):
-        if name not in GRPO_REWARDS:
-            _fail(source, f"train.grpo.reward_funcs[{i}]", f"unknown reward {name!r} (known: {', '.join(GRPO_REWARDS)})")
+        if name not in REWARDS:
+            _fail(source, f"train.grpo.reward_funcs[{i}]", f"unknown reward {name!r} (known: {', '.join(REWARDS)})")
     if len(g.reward_weights) != len(g.reward_funcs):
         _fail(source, "train.grpo.reward_weights", f"{len(g.reward_weights)} weight(s) for {len(g.reward_funcs)} "
                                                    "reward_funcs (fix: one weight per reward function)")
@@ -479,21 +497,49 @@ def _check_grpo(cfg: RunConfig, source: str) -> None:
     if batch % g.num_generations:
         _fail(source, "train.grpo.num_generations", f"{g.num_generations} must divide per_device_train_batch_size"
                                                     f" x gradient_accumulation_steps = {batch} (completions per step)")
+    if g.overlong_cache is not None and g.overlong_cache >= g.max_completion_length:
+        _fail(source, "train.grpo.overlong_cache", f"{g.overlong_cache} must be below train.grpo.max_completion_length="
+                                                   f"{g.max_completion_length} (fix: e.g. a fifth of it, or null)")
     if g.stop_at_step is not None and g.stop_at_step > t.max_steps:
         _fail(source, "train.grpo.stop_at_step", f"{g.stop_at_step} is past train.max_steps={t.max_steps} "
                                                  "(fix: stop_at_step <= max_steps)")
 
 
-def config_from_dict(raw: dict, source: str = "params.yaml") -> RunConfig:
-    """Resolve the profile and validate. `source` names the file in error messages."""
+# Chat formats and profiles live in files of their own beside params.yaml (stage deps in dvc.yaml, not
+# params), so `dvc exp show` lists the knobs rather than template strings and every profile key. A params
+# file may still hold `prompts:` / `profiles:` of its own: they are merged over the files'.
+SIDE_FILES = ("prompts", "profiles")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _with_side_files(raw: dict, directory: Path | None) -> dict:
+    """`raw` with prompts.yaml and profiles.yaml merged under it: the copies in `directory` (the params
+    file's) when there, else in the working directory (the repository root, where stages run; an
+    installed package is not in the checkout), else beside this package's source."""
+    raw = dict(raw)
+    for key in SIDE_FILES:
+        found = [Path(d) / f"{key}.yaml" for d in (directory, ".", REPO_ROOT) if d is not None]
+        path = next((p for p in found if p.is_file()), found[-1])
+        shipped = (_read_yaml(path) or {}) if path.is_file() else {}
+        if not isinstance(shipped, dict):
+            raise ConfigError(f"{path}: expected a mapping of names at the top level (fix: see git show HEAD:{key}.yaml)")
+        if not isinstance(raw.get(key) or {}, dict):
+            _fail("params.yaml", key, "expected a mapping of names")
+        raw[key] = _deep_merge(shipped, raw.get(key) or {})
+    return raw
+
+
+def config_from_dict(raw: dict, source: str = "params.yaml", directory: Path | None = None) -> RunConfig:
+    """Resolve the profile and validate. `source` names the file in error messages; `directory` holds the
+    prompts.yaml / profiles.yaml to use (None: the repository's)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
-    raw = dict(raw)
+    raw = _with_side_files(raw, directory)
     profiles = raw.pop("profiles", {}) or {}
     profile = raw.get("profile", "seed")
     if profile != "seed":
         if profile not in profiles:
-            _fail(source, "profile", f"{profile!r} has no section under profiles "
+            _fail(source, "profile", f"{profile!r} has no section under profiles (profiles.yaml) "
                                      f"(fix: use one of seed, {', '.join(profiles)})")
         if not isinstance(profiles[profile], dict):
             _fail(source, f"profiles.{profile}", "expected a mapping of sections to override")
@@ -521,7 +567,7 @@ def load_config(path: str | Path = "params.yaml", profile: str | None = None) ->
     raw = _read_yaml(path)
     if profile is not None and isinstance(raw, dict):
         raw["profile"] = profile
-    return config_from_dict(raw, str(path) if profile is None else f"{path} (--profile {profile})")
+    return config_from_dict(raw, str(path) if profile is None else f"{path} (--profile {profile})", path.parent)
 
 
 def config_to_dict(cfg) -> dict:
@@ -534,6 +580,20 @@ def load_params_mapping(path: str | Path) -> dict:
     merged over before `config_from_dict` validates the result."""
     path = Path(path)
     return (_read_yaml(path) or {}) if path.is_file() else {}
+
+
+def committed_params_mapping(path: str | Path = "params.yaml") -> dict | None:
+    """The params file as of the last commit (`git show HEAD:./<path>`), unvalidated; None outside a git
+    checkout or when it is not committed. The difference with the file now is what `dvc exp run -S`
+    (or an edit) changed."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(["git", "show", f"HEAD:./{path}"], capture_output=True, text=True, timeout=60)
+        data = yaml.safe_load(proc.stdout) if proc.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,13 +7,12 @@ and counted; an empty result is an error, not an empty training set.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyreason import benchmarks
+from tinyreason import benchmarks, sources
 from tinyreason.benchmarks import split_gsm8k_answer
 from tinyreason.errors import DataError
 from tinyreason.formats import CHOICE
@@ -43,20 +42,6 @@ def parse_gsm8k_rows(rows, source: str) -> tuple[list[ReasoningExample], int]:
         log.warning("%s: dropped %d malformed row(s) (need 'question' and an 'answer' with '####')",
                     source, dropped)
     return kept, dropped
-
-
-def read_jsonl_rows(path: Path) -> tuple[list, int]:
-    """Rows of a JSONL file; lines that are not JSON are counted as malformed, not fatal."""
-    rows, bad = [], 0
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                bad += 1
-    return rows, bad
 
 
 def looks_like_local_path(spec: str) -> bool:
@@ -89,37 +74,29 @@ def grpo_local_file(cfg) -> Path | None:
     return local_data_file(g.train_path, GRPO_PATH_FIX)
 
 
-def read_training_rows(spec: str, hub_config: str | None, hub_split: str, fix: str) -> tuple[list, int]:
-    """Raw rows of a local JSONL file or a hub dataset, and how many local lines were not JSON.
-    `fix` completes the one-line error for a missing file (which param to set, to what)."""
+def read_training_rows(spec: str, hub_config: str | None, hub_split: str, fix: str,
+                       hub_revision: str | None = None) -> tuple[list, int]:
+    """Raw rows of a local JSONL file or a hub dataset (at `hub_revision`), and how many local lines were
+    not JSON. `fix` completes the one-line error for a missing file (which param to set, to what)."""
     path = local_data_file(spec, fix)
     if path is None:
-        return _load_hub_rows(spec, hub_config, hub_split), 0
-    rows, bad_json = read_jsonl_rows(path)
+        return sources.load_hub_rows(spec, hub_config, hub_split, "the training set",
+                                     f"check the id and your connection, or {fix}", revision=hub_revision), 0
+    rows, bad_json = sources.read_jsonl_counting_malformed(path)
     if bad_json:
         log.warning("%s: %d line(s) are not valid JSON", spec, bad_json)
     return rows, bad_json
 
 
-def load_gsm8k(spec: str, hub_config: str = "main", hub_split: str = "train") -> tuple[list[ReasoningExample], int]:
+def load_gsm8k(spec: str, hub_config: str = "main", hub_split: str = "train",
+               hub_revision: str | None = None) -> tuple[list[ReasoningExample], int]:
     """Load GSM8K-style rows from a local JSONL path or a hub dataset id."""
-    rows, bad_json = read_training_rows(spec, hub_config, hub_split, PREPARE_PATH_FIX)
+    rows, bad_json = read_training_rows(spec, hub_config, hub_split, PREPARE_PATH_FIX, hub_revision)
     examples, dropped = parse_gsm8k_rows(rows, spec)
     if not examples:
         raise DataError(f"{spec}: no usable rows after dropping {dropped + bad_json} malformed one(s) "
                         "(fix: each line needs JSON with 'question' and 'answer' ending in '#### N')")
     return examples, dropped + bad_json
-
-
-def _load_hub_rows(dataset_id: str, config: str, split: str) -> list[dict]:
-    try:
-        import datasets
-
-        return list(datasets.load_dataset(dataset_id, config, split=split))
-    except Exception as exc:  # hub unreachable, unknown id, gated...
-        raise DataError(f"{dataset_id}: cannot load from the hub ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''}) (fix: check the id "
-                        "and your connection, or point prepare.train_path at a local JSONL file)") from None
 
 
 def subsample_and_split(examples: list, num_samples: int, val_fraction: float, seed: int) -> tuple[list, list]:
@@ -142,7 +119,8 @@ def build_prepared_splits(cfg, tokenizer) -> tuple[dict[str, list[dict]], dict]:
     """
     from tinyreason import prompts
 
-    examples, dropped = load_gsm8k(cfg.prepare.train_path, cfg.prepare.hub_config, cfg.prepare.hub_split)
+    examples, dropped = load_gsm8k(cfg.prepare.train_path, cfg.prepare.hub_config, cfg.prepare.hub_split,
+                                   cfg.prepare.hub_revision)
     try:
         train, val = subsample_and_split(examples, cfg.prepare.num_samples, cfg.prepare.val_fraction, cfg.seed)
     except DataError as exc:  # name the file: too few of its rows survived the filtering

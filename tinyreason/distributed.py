@@ -92,7 +92,7 @@ def split_batch(per_device: int, accumulation: int, processes: int) -> tuple[int
 def per_rank_config(cfg, processes: int):
     """`cfg` with train.per_device_train_batch_size / gradient_accumulation_steps for one of
     `processes` data-parallel processes (same global batch) and train.num_gpus = `processes`, so the
-    checkpoint fingerprint (sft.checkpoint_dir_for) tells runs on different GPU counts apart."""
+    checkpoint fingerprint (checkpoints.checkpoint_dir_for) tells runs on different GPU counts apart."""
     t = cfg.train
     micro, accumulation = split_batch(t.per_device_train_batch_size, t.gradient_accumulation_steps, processes)
     train = dataclasses.replace(t, per_device_train_batch_size=micro, gradient_accumulation_steps=accumulation,

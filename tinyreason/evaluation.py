@@ -6,7 +6,7 @@ pass@k when the benchmark samples k > 1 (evaluate.benchmarks.<name>.samples, els
 evaluate.samples), and for adapter vs base on the same problems the difference with its 95%
 interval and an exact McNemar p-value.
 
-The base model is scored by its own stage (evaluate_base -> BASE_RESULTS), whose inputs are nothing
+The base model is scored by its own stage (evaluate_base -> paths.BASE_EVAL), whose inputs are nothing
 from training, so DVC skips it (or restores it from its run cache) in an experiment that changes only
 training; the evaluate stage scores the adapter and pairs it with those base answers.
 """
@@ -22,15 +22,12 @@ from pathlib import Path
 
 import torch
 
-from tinyreason import grading, stats
+from tinyreason import grading, paths, sources, stats
 from tinyreason.config import RunConfig, config_to_dict
 from tinyreason.errors import TinyReasonError
 from tinyreason.generation import GenerationSettings, generate_completions
 from tinyreason.outputs import atomic_directory, atomic_write_json, atomic_write_jsonl
 
-# The evaluate_base stage's output: predictions/<benchmark>.jsonl (the base model's answers, graded),
-# metrics.json (its per-benchmark results) and inputs.json (what those answers were computed from).
-BASE_RESULTS = Path("base_eval")
 # evaluate.* params that do not change the base model's answers. Every other one does: the evaluate_base
 # stage lists them under its params in dvc.yaml (tests/test_dvc_deps.py checks) and in inputs.json.
 NOT_BASE_INPUTS = ("adapter",)
@@ -47,7 +44,7 @@ def load_test_rows(path: Path) -> list[dict]:
     """The prepared test problems (data/prepared/test.jsonl: rendered prompts of every benchmark)."""
     if not path.is_file():
         raise TinyReasonError(f"{path}: not found (fix: run the prepare stage, `dvc repro prepare`)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sources.read_jsonl(path, "rerun the prepare stage, `dvc repro prepare`")
 
 
 def score_model(model, tokenizer, cfg: RunConfig, rows: list[dict], label: str, source: Path) -> list[dict]:
@@ -142,7 +139,7 @@ def base_inputs(cfg: RunConfig, test_path: Path) -> dict:
 
 
 def save_base_results(out: Path, records: list[dict], cfg: RunConfig, test_path: Path) -> dict:
-    """Write BASE_RESULTS in one rename; returns its per-benchmark metrics ({} when nothing was scored)."""
+    """Write paths.BASE_EVAL in one rename; returns its per-benchmark metrics ({} when nothing was scored)."""
     samples = {r["benchmark"]: cfg.evaluate.samples_of(r["benchmark"]) for r in records}
     metrics = build_metrics({"base": records}, samples) if records else {}
     with atomic_directory(out) as tmp:
@@ -163,7 +160,7 @@ def _first_difference(saved, now, key: str = ""):
 
 
 def load_base_records(results: Path, cfg: RunConfig, test_path: Path) -> list[dict]:
-    """The base model's prediction records from BASE_RESULTS, refused when they were computed from
+    """The base model's prediction records from paths.BASE_EVAL, refused when they were computed from
     other inputs than the current params and test file (a stage run by hand out of order)."""
     inputs = results / "inputs.json"
     fix = "(fix: run the evaluate_base stage first: `dvc repro`, or `python stages/evaluate_base.py`)"
@@ -173,8 +170,8 @@ def load_base_records(results: Path, cfg: RunConfig, test_path: Path) -> list[di
     if key:
         raise TinyReasonError(f"{inputs}: the base model's answers were computed with {key} = {saved!r}, "
                               f"now {now!r} {fix}")
-    return [json.loads(line) for path in sorted((results / "predictions").glob("*.jsonl"))
-            for line in path.read_text().splitlines() if line.strip()]
+    return [row for path in sorted((results / "predictions").glob("*.jsonl"))
+            for row in sources.read_jsonl(path, "rerun the evaluate_base stage, `dvc repro`")]
 
 
 def release_memory() -> None:
@@ -237,13 +234,38 @@ def print_comparison(metrics: dict) -> None:
     Console(width=None if sys.stdout.isatty() else 130).print(comparison_table(metrics))
 
 
+def _text_at_revision(path, rev: str) -> str:
+    """A committed file as of `rev`: a git revision or a DVC experiment's name (DVC resolves it: an
+    experiment is a git commit under refs/exps/, with metrics.json in it since it is not cached)."""
+    import subprocess
+
+    from dvc.scm import SCM, RevError, resolve_rev
+
+    scm = SCM(".")
+    try:
+        sha = resolve_rev(scm, rev)
+    except RevError as exc:
+        raise TinyReasonError(f"{path} at {rev}: {exc} (fix: name an experiment `dvc exp show` lists, or a "
+                              "commit)") from None
+    finally:
+        scm.close()
+    proc = subprocess.run(["git", "show", f"{sha}:./{path}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise TinyReasonError(f"{path} at {rev}: not in that run (fix: name a run whose evaluate stage finished)")
+    return proc.stdout
+
+
 def compare_command(args) -> int:
     import json
     from pathlib import Path
 
     path = Path(args.metrics)
+    if args.rev:
+        print_comparison(json.loads(_text_at_revision(path, args.rev)))
+        return 0
     if not path.is_file():
-        raise TinyReasonError(f"{path}: not found (fix: run the evaluate stage, `dvc repro`)")
+        raise TinyReasonError(f"{path}: not found (fix: run the evaluate stage, `dvc repro`; after a run in a "
+                              "temporary copy, `tinyreason compare --rev NAME` or `dvc exp apply NAME`)")
     print_comparison(json.loads(path.read_text()))
     return 0
 
@@ -253,5 +275,7 @@ def add_parser(subparsers) -> None:
                                    description="Adapter vs base per benchmark, with 95% intervals and "
                                                "McNemar's p. To compare two experiments, use "
                                                "`dvc metrics diff` or `dvc exp show`.")
-    parser.add_argument("metrics", nargs="?", default="metrics.json")
+    parser.add_argument("metrics", nargs="?", default=str(paths.METRICS))
+    parser.add_argument("--rev", metavar="REV", help="read metrics.json as of a commit or a DVC experiment's "
+                                                     "name (default: the file in this checkout)")
     parser.set_defaults(func=compare_command)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tinyreason import paths
 from tinyreason.config import RunConfig, config_to_dict, load_config
 from tinyreason.errors import TinyReasonError
-from tinyreason.modeling import ADAPTER_CONFIG
+from tinyreason.paths import ADAPTER_CONFIG
 
 DTYPES = ("bfloat16", "float16", "float32")
 TRAIN_PARAMS = ("method", "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps",
@@ -26,8 +27,8 @@ GRPO_PARAMS = ("num_generations", "max_completion_length", "temperature", "beta"
 def run_export(args) -> int:
     cfg = load_config(args.params)
     root = Path(args.params).parent
-    adapter = Path(args.adapter) if args.adapter else root / "models" / "adapter"
-    out = Path(args.out) if args.out else root / "models" / "export"
+    adapter = Path(args.adapter) if args.adapter else root / paths.ADAPTER
+    out = Path(args.out) if args.out else root / paths.EXPORT
     if not (adapter / ADAPTER_CONFIG).is_file():
         raise TinyReasonError(f"{adapter / ADAPTER_CONFIG} not found (fix: run `dvc repro train` or pass "
                               "--adapter DIR)")
@@ -170,8 +171,9 @@ def _metrics_section(metrics: dict | None, cfg: RunConfig) -> list[str]:
 
 def _cost_section(root: Path) -> list[str]:
     rows = []
-    for stage in ("train", "evaluate_base", "evaluate"):
-        cost = (_read_json(root / "metrics" / f"{stage}.json") or {}).get("cost")
+    for stage, path in (("train", paths.TRAIN_METRICS), ("evaluate_base", paths.EVALUATE_BASE_METRICS),
+                        ("evaluate", paths.EVALUATE_METRICS)):
+        cost = (_read_json(root / path) or {}).get("cost")
         if cost:
             rows.append(f"| {stage} | {cost.get('device')} x {cost.get('num_gpus')} | {cost.get('wall_seconds')} "
                         f"| {cost.get('gpu_seconds')} | ${cost.get('usd')} |")
@@ -210,7 +212,7 @@ def _recipe_section(trained: dict, base: str, prompt_name: str, root: Path) -> l
               + [("train.lora." + k, v) for k, v in train["lora"].items()]
               + ([("train.grpo." + k, train["grpo"][k]) for k in GRPO_PARAMS] if grpo else [])
               + [("model.load_in_4bit", trained["model"]["load_in_4bit"]), ("seed", trained["seed"])])
-    result = _read_json(root / "metrics" / "train.json") or {}
+    result = _read_json(root / paths.TRAIN_METRICS) or {}
     steps = (f"- Steps: {result['steps']}" if "steps" in result else
              f"- Steps: {train['max_steps']} planned (train.max_steps; no metrics/train.json)")
     steps += "".join(f", {key.replace('_', ' ')} {result[key]}" for key in
@@ -230,14 +232,15 @@ def _data_section(trained: dict, source: str, prompt_name: str, root: Path) -> l
     if trained["train"]["method"] == "grpo" and grpo["train_path"]:
         where, rows = grpo, f"{grpo['num_samples'] or 'every'} problems (sampled with seed {seed})"
     else:
-        report = _read_json(root / "metrics" / "prepare.json") or {}
+        report = _read_json(root / paths.PREPARE_METRICS) or {}
         where = prepare
         rows = (f"{report['train']} training / {report['val']} validation examples" if "train" in report else
                 f"{prepare['num_samples']} examples, {prepare['val_fraction']:.0%} held out for validation")
         rows += f" (subsampled and split with seed {seed})"
     hub = ""
     if _hub_id(source):
-        hub = f" (split `{where['hub_split']}`" + (f", config `{where['hub_config']}`)" if where["hub_config"] else ")")
+        hub = (f" (split `{where['hub_split']}`" + (f", config `{where['hub_config']}`" if where["hub_config"] else "")
+               + f", revision `{where.get('hub_revision') or 'unpinned: the newest at training time'}`)")
     return [f"- Source: `{source}`{hub}", f"- {rows}, chat format `{prompt_name}`"]
 
 
@@ -257,7 +260,8 @@ def model_card(cfg: RunConfig, trained: dict, root: Path, dtype: str, repo_id: s
                          datasets=[source] if _hub_id(source) else None,
                          tags=["tinyreason", "lora", "merged", method, "math", "reasoning"])
     base = model["name_or_path"] + (f" ({model['gguf_file']})" if model.get("gguf_file") else "")
-    name = repo_id or "models/export"
+    base += f" @ {model['revision']}" if model.get("revision") else ""
+    name = repo_id or paths.EXPORT.as_posix()
     title = repo_id.split("/")[-1] if repo_id else f"{Path(model['name_or_path']).name}, tinyreason {method}"
     body = [
         f"# {title}", "",
@@ -266,7 +270,7 @@ def model_card(cfg: RunConfig, trained: dict, root: Path, dtype: str, repo_id: s
         "## Usage", "", *_usage_section(name, trained["prompts"][prompt_name]), "",
         "## Recipe", "", *_recipe_section(trained, base, prompt_name, root), "",
         "## Data", "", *_data_section(trained, source, prompt_name, root), "",
-        "## Evaluation", "", *_metrics_section(_read_json(root / "metrics.json"), cfg), "",
+        "## Evaluation", "", *_metrics_section(_read_json(root / paths.METRICS), cfg), "",
         "## Cost", "", *_cost_section(root), "",
     ]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)))

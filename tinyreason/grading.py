@@ -1,5 +1,5 @@
-"""Answer extraction and grading: the seed's GSM8K normalisation, a math-verify wrapper for LaTeX answers, letters
-for multiple choice, and `verify_grader` (grade every benchmark's own reference solution; any miss is a grader bug).
+"""Answer extraction and grading: the seed's GSM8K normalisation, a math-verify wrapper for LaTeX answers and
+letters for multiple choice (tinyreason/verify_grader.py checks it on every benchmark's reference solutions).
 
 Public API:
     Grade(extracted, correct, formatted)
@@ -9,11 +9,7 @@ Public API:
     extract_choice(text) -> str | None             a letter A-D from an extracted answer
     normalize_numeric_answer(text) -> str          the seed's normalisation for GSM8K-style answers
     latex_number(text) -> Fraction | None          exact value of a LaTeX answer that is just a number
-    answers_match(pred, gold, answer_format, numeric_tolerance=None) -> bool
     grade_answer(completion, gold, answer_format, numeric_tolerance=None) -> Grade
-    render_reference_completion(problem) -> str     a benchmark's gold solution written as a model would answer
-    verify_grader(benchmark_names, limit=None, string_shortcut=False) -> dict
-    add_parser(subparsers)                          registers `tinyreason verify-grader`
 
 Extraction rules. Each format has an expected answer form (`formatted=True` when the completion used it):
 final_answer -> `**Final Answer:** N` (also `**Final Answer: N**` and a plain `Final Answer: N` starting a
@@ -36,39 +32,26 @@ timeout counts as incorrect, so grading never raises (except for an unknown answ
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 import re
-import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING
 
 from tinyreason.errors import TinyReasonError
-from tinyreason.formats import ANSWER_FORMATS, BOXED, CHOICE, FINAL_ANSWER  # noqa: F401 - re-exported
-
-if TYPE_CHECKING:
-    from tinyreason.benchmarks import Problem
+from tinyreason.formats import ANSWER_FORMATS, BOXED, CHOICE, FINAL_ANSWER, THINK_CLOSE, THINK_OPEN
 
 logger = logging.getLogger(__name__)
 
-FINAL_ANSWER_MARKER = "**Final Answer:**"
 # Per math-verify call (parse of gold, parse of prediction, verify). math-verify's own default is 5 s; every
 # MATH500/Minerva reference answer grades in well under 0.5 s, so 5 s only ever trips on pathological input.
 TIMEOUT_SECONDS = 5
 # Answers longer than this are not handed to sympy at all (a model rambling inside \boxed{}): incorrect.
 MAX_ANSWER_CHARS = 1000
-# Thresholds `tinyreason verify-grader` enforces (fraction of reference solutions graded correct). GSM8K and
-# MATH500 are the required bars; the others are regression guards set just below what was measured (all 100 %).
-VERIFY_THRESHOLDS = {"gsm8k": 1.0, "math500": 0.99, "aime24": 1.0, "aime25": 1.0, "amc23": 1.0,
-                     "minerva_math": 0.99}
-
 
 @dataclass(frozen=True)
 class Grade:
@@ -88,7 +71,6 @@ _FINAL_ANSWER_RE = re.compile(
     r"|(?P<plain>^[ \t>#]*final\s+answer\s*:)", re.IGNORECASE | re.MULTILINE)
 # Special tokens a decoder may leave in the text (`12<|im_end|>`, `12</s>`): never part of an answer.
 _SPECIAL_TOKEN_RE = re.compile(r"<\|[A-Za-z0-9_]+\|>|</s>|<s>|<eos>|<pad>|<end_of_turn>|<\|eot_id\|>")
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOXED_SPACE_RE = re.compile(r"\\boxed +([^\s$}{]+)")
 
@@ -510,11 +492,6 @@ def _final_answer_equal(pred: str, gold: str, rel_tol: float | None, string_shor
     return False
 
 
-def answers_match(pred: str, gold: str, answer_format: str, numeric_tolerance: float | None = None) -> bool:
-    """Compare an extracted answer with the gold answer; never raises (any failure -> False)."""
-    return _answers_match(pred, gold, answer_format, numeric_tolerance, string_shortcut=True)
-
-
 def _answers_match(pred: str, gold: str, answer_format: str, numeric_tolerance: float | None,
                    string_shortcut: bool) -> bool:
     if answer_format not in ANSWER_FORMATS:
@@ -544,24 +521,20 @@ def _extract_in_order(completion: str, answer_format: str) -> tuple[str | None, 
     return fallback(completion), False
 
 
-def extract_answer(completion: str, answer_format: str = "final_answer") -> str | None:
+def extract_answer(completion: str, answer_format: str = FINAL_ANSWER) -> str | None:
     """The answer a completion gives, looked for where and in the order grading uses."""
     region = answer_region(strip_special_tokens(completion or ""))
     return None if region is None else _extract_in_order(region, answer_format)[0]
 
 
-def grade_answer(completion: str, gold: str, answer_format: str,
-                 numeric_tolerance: float | None = None) -> Grade:
+def grade_answer(completion: str, gold: str, answer_format: str, numeric_tolerance: float | None = None, *,
+                 string_shortcut: bool = True) -> Grade:
     """Extract the answer from a completion and compare it with `gold`.
 
     final_answer: `**Final Answer:**` line, seed normalisation, exact numeric comparison (relative
     `numeric_tolerance` if given). boxed: last `\\boxed{}`, then math-verify (symbolic/numeric equivalence,
-    intervals, tuples, text). choice: the letter. See the module docstring for fallbacks and `formatted`."""
-    return _grade(completion, gold, answer_format, numeric_tolerance, string_shortcut=True)
-
-
-def _grade(completion: str, gold: str, answer_format: str, numeric_tolerance: float | None,
-           string_shortcut: bool) -> Grade:
+    intervals, tuples, text). choice: the letter. See the module docstring for fallbacks and `formatted`.
+    `string_shortcut=False` parses even an answer written exactly as the gold (verify_grader.py's check)."""
     if answer_format not in ANSWER_FORMATS:
         raise TinyReasonError(f"unknown answer_format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
     completion = answer_region(strip_special_tokens(completion or ""))
@@ -582,139 +555,3 @@ def _grade(completion: str, gold: str, answer_format: str, numeric_tolerance: fl
         return Grade(None, False, False)
     correct = _answers_match(extracted, gold, answer_format, numeric_tolerance, string_shortcut)
     return Grade(extracted, correct, formatted)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Grader verification: each benchmark's own reference solution must grade as correct
-
-def render_reference_completion(problem: Problem) -> str:
-    """The gold solution written the way a model is asked to answer.
-
-    GSM8K: the reference reasoning (text before `####`) then `**Final Answer:** <gold>`. Math sets: the
-    reference solution when it contains a \\boxed{} answer, else the solution (if any) followed by
-    `The answer is \\boxed{<gold>}.` Choice: the explanation (if any) then `**Final Answer:** <letter>`."""
-    solution = problem.solution.strip()
-    if problem.answer_format == FINAL_ANSWER:
-        return f"{solution}\n{FINAL_ANSWER_MARKER} {problem.gold}".lstrip()
-    if problem.answer_format == CHOICE:
-        return f"{solution}\n\n{FINAL_ANSWER_MARKER} {problem.gold}".lstrip()
-    if solution and extract_boxed_answer(solution) is not None and re.search(r"\\boxed\s*\{", solution):
-        return solution
-    return f"{solution}\n\nThe answer is $\\boxed{{{problem.gold}}}$.".lstrip()
-
-
-def verify_grader(benchmark_names: list[str] | tuple[str, ...], limit: int | None = None,
-                  string_shortcut: bool = False) -> dict:
-    """Grade every benchmark's reference solution (see render_reference_completion) with grade_answer.
-
-    The reference's boxed answer is usually the very string stored as gold, which grade_answer accepts by
-    string equality before any parsing. That would make this check vacuous, so by default
-    (`string_shortcut=False`) the equality shortcut is off and every LaTeX answer goes through the numeric
-    parser and math-verify, exactly as a differently-written model answer would.
-
-    Negative control: each reference is also graded against another problem's gold (the problem n/2 further
-    on, skipped when both golds are the same string); every such acceptance is listed in `false_accepts`.
-
-    Returns {name: {"n", "correct", "accuracy", "threshold", "passed", "seconds", "failures": [{"id",
-    "gold", "extracted", "reason"}], "negatives", "false_accepts": [...]}}. `threshold` is
-    VERIFY_THRESHOLDS.get(name) (None: accuracy reported, not enforced); `passed` also needs zero false accepts
-    (a pair of different strings that are truly equal, e.g. `0.5` and `\\frac12`, would show up there: inspect)."""
-    from tinyreason.benchmarks import get_spec, load_benchmark
-
-    report: dict[str, dict] = {}
-    for name in benchmark_names:
-        spec = get_spec(name)
-        problems = load_benchmark(name, limit=limit)
-        start = time.perf_counter()
-        failures = []
-        for problem in problems:
-            completion = render_reference_completion(problem)
-            grade = _grade(completion, problem.gold, problem.answer_format, spec.numeric_tolerance,
-                           string_shortcut=string_shortcut)
-            if grade.correct:
-                continue
-            if grade.extracted is None:
-                reason = "no answer extracted from the reference solution"
-            elif not grade.formatted:
-                reason = "answer not in the expected format"
-            else:
-                reason = "extracted answer judged different from gold"
-            failures.append({"id": problem.id, "gold": problem.gold, "extracted": grade.extracted, "reason": reason})
-        # Negative control: the same reference against another problem's (different) gold must be rejected;
-        # a grader that accepts everything would pass the check above.
-        false_accepts, negatives = [], 0
-        for i, problem in enumerate(problems):
-            other = problems[(i + len(problems) // 2) % len(problems)]
-            if " ".join(other.gold.split()) == " ".join(problem.gold.split()):
-                continue
-            negatives += 1
-            grade = _grade(render_reference_completion(problem), other.gold, problem.answer_format,
-                           spec.numeric_tolerance, string_shortcut=string_shortcut)
-            if grade.correct:
-                false_accepts.append({"id": problem.id, "gold": other.gold, "extracted": grade.extracted,
-                                      "reason": f"accepted against the gold of {other.id}"})
-        n = len(problems)
-        correct = n - len(failures)
-        threshold = VERIFY_THRESHOLDS.get(name)
-        report[name] = {
-            "n": n, "correct": correct, "accuracy": correct / n, "threshold": threshold,
-            "passed": (threshold is None or correct / n >= threshold) and not false_accepts,
-            "seconds": round(time.perf_counter() - start, 2), "failures": failures,
-            "negatives": negatives, "false_accepts": false_accepts,
-        }
-    return report
-
-
-def _run_verify_grader(args: argparse.Namespace) -> int:
-    from tinyreason.benchmarks import BENCHMARKS
-
-    names = [n.strip() for n in args.benchmarks.split(",") if n.strip()] if args.benchmarks else \
-        [name for name, spec in BENCHMARKS.items() if spec.path is not None]
-    report = verify_grader(names, limit=args.limit)
-    ok = all(entry["passed"] for entry in report.values())
-    if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
-        return 0 if ok else 1
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="Grader verification: reference solutions graded by tinyreason.grading",
-                  caption="min: required accuracy; false acc.: references accepted against another problem's gold")
-    for column in ("benchmark", "n", "correct", "accuracy", "min", "false acc.", "status", "s"):
-        table.add_column(column, justify="left" if column in ("benchmark", "status") else "right", no_wrap=True)
-    for name, entry in report.items():
-        threshold = "-" if entry["threshold"] is None else f"{entry['threshold']:.0%}"
-        status = "ok" if entry["passed"] else "[red]FAIL[/red]"
-        table.add_row(name, str(entry["n"]), str(entry["correct"]), f"{entry['accuracy']:.2%}", threshold,
-                      f"{len(entry['false_accepts'])}/{entry['negatives']}", status, f"{entry['seconds']:.1f}")
-    console = Console()
-    console.print(table)
-    for name, entry in report.items():
-        for failure in (entry["failures"] + entry["false_accepts"])[: args.show_failures]:
-            console.print(f"  {name} {failure['id']}: gold={failure['gold']!r} extracted={failure['extracted']!r}"
-                          f" ({failure['reason']})", markup=False, highlight=False)
-        hidden = len(entry["failures"]) + len(entry["false_accepts"]) - args.show_failures
-        if hidden > 0:
-            console.print(f"  {name}: {hidden} more failures (use --json for all)")
-    return 0 if ok else 1
-
-
-def add_parser(subparsers) -> None:
-    """Register `tinyreason verify-grader`."""
-    parser = subparsers.add_parser(
-        "verify-grader", help="grade each benchmark's own reference solutions (a check of the grader)",
-        description="Render each benchmark's reference solution the way a model answers and grade it; exits 1 "
-                    f"if a benchmark is below its threshold ({', '.join(f'{k} {v:.0%}' for k, v in VERIFY_THRESHOLDS.items())}).")
-    parser.add_argument("--benchmarks", default=None,
-                        help="comma-separated names (default: every vendored benchmark)")
-    parser.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
-    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
-    parser.add_argument("--show-failures", type=int, default=10, help="failures listed per benchmark (table mode)")
-    parser.set_defaults(func=_run_verify_grader)
-
-
-if __name__ == "__main__":  # pragma: no cover - convenience: python -m tinyreason.grading
-    _parser = argparse.ArgumentParser(prog="tinyreason")
-    add_parser(_parser.add_subparsers(dest="command", required=True))
-    _args = _parser.parse_args(["verify-grader", *sys.argv[1:]])
-    sys.exit(_args.func(_args))

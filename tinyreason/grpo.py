@@ -7,7 +7,7 @@ of tinyreason/rewards.py -> train (resuming from the last complete checkpoint) -
 saves the adapter. Checkpoints are never chosen on test data: the run's last step is the result.
 
 Public API:
-    train_grpo(cfg, train_file, checkpoint_dir, live=None, reward_funcs=None) -> sft.TrainResult
+    train_grpo(cfg, train_file, checkpoint_dir, live=None, reward_funcs=None) -> training.TrainResult
     load_problems(cfg, prepared_train) -> list[dict]        question/answer rows, leak-checked
     build_dataset(cfg, tokenizer, rows) -> datasets.Dataset  prompt/answer/answer_format columns
     build_grpo_config(cfg, output_dir, plan) -> trl.GRPOConfig  (micro-batching from grpo_plan.py)
@@ -25,25 +25,25 @@ What TRL logs (and so DVCLive plots under dvclive/train/plots/metrics/train/):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 from pathlib import Path
 
-import torch
 from transformers import TrainerCallback
 
-from tinyreason import benchmarks, modeling, rollout
+from tinyreason import benchmarks, modeling, monitoring, rollout, sources
+from tinyreason.checkpoints import last_checkpoint
 from tinyreason.config import RunConfig
 from tinyreason.errors import DataError
 from tinyreason.grpo_plan import GrpoPlan, make_grpo_plan, plan_grpo
-from tinyreason.sft import TrainResult
-from tinyreason.training_args import common_training_arguments
+from tinyreason.training import (TrainResult, build_trl_config, common_training_arguments, precision_flags,
+                                 training_metrics)
 
 log = logging.getLogger(__name__)
 
 _QUESTION_FIELDS = ("problem", "question", "prompt", "Question")
+PREPARED_FIX = "rerun the prepare stage, `dvc repro prepare`"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,12 +81,12 @@ def load_problems(cfg: RunConfig, prepared_train: Path) -> list[dict]:
         source = str(prepared_train)
         if not Path(prepared_train).is_file():
             raise DataError(f"{prepared_train}: not found (fix: run the prepare stage, or set train.grpo.train_path)")
-        raw = [json.loads(line) for line in Path(prepared_train).read_text().splitlines() if line.strip()]
+        raw = sources.read_jsonl(prepared_train, PREPARED_FIX)
     else:
         source = g.train_path
         from tinyreason.data import GRPO_PATH_FIX, read_training_rows
 
-        raw, _ = read_training_rows(g.train_path, g.hub_config, g.hub_split, GRPO_PATH_FIX)
+        raw, _ = read_training_rows(g.train_path, g.hub_config, g.hub_split, GRPO_PATH_FIX, g.hub_revision)
     rows = [p for p in map(_row_to_problem, raw) if p is not None]
     if len(rows) < len(raw):
         log.warning("%s: dropped %d malformed row(s) (need a problem/question and an answer or a boxed "
@@ -131,14 +131,10 @@ def build_dataset(cfg: RunConfig, tokenizer, rows: list[dict]):
 
 
 def build_grpo_config(cfg: RunConfig, output_dir: Path, plan: GrpoPlan | None = None):
-    from trl import GRPOConfig
-
     t, g = cfg.train, cfg.train.grpo
     plan = plan or plan_grpo(cfg, cuda=False)
-    dtype = modeling.compute_dtype(cfg.model)
-    on_cuda = torch.cuda.is_available()
     scheduler_kwargs = {"min_lr_rate": g.min_lr_rate} if t.lr_scheduler_type == "cosine_with_min_lr" else None
-    return GRPOConfig(
+    arguments = dict(
         **common_training_arguments(cfg, output_dir),
         # the rollout batch (micro-batch x accumulation) is the params'; its cut is the memory plan's
         per_device_train_batch_size=plan.micro_batch,
@@ -148,8 +144,7 @@ def build_grpo_config(cfg: RunConfig, output_dir: Path, plan: GrpoPlan | None = 
         logging_first_step=True,
         gradient_checkpointing=plan.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if plan.gradient_checkpointing else None,
-        bf16=on_cuda and dtype == torch.bfloat16,
-        fp16=on_cuda and dtype == torch.float16,
+        **precision_flags(cfg),
         # GRPO
         num_generations=g.num_generations,
         max_completion_length=g.max_completion_length,
@@ -164,6 +159,7 @@ def build_grpo_config(cfg: RunConfig, output_dir: Path, plan: GrpoPlan | None = 
         log_completions=g.log_completions,
         **rollout.vllm_arguments(g),
     )
+    return build_trl_config("grpo", arguments, g.trl_args)  # train.grpo.trl_args merged last
 
 
 class StopAtStep(TrainerCallback):
@@ -191,7 +187,9 @@ def build_trainer(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=N
 
     g = cfg.train.grpo
     tokenizer = modeling.load_tokenizer(cfg.model)
-    dataset = build_dataset(cfg, tokenizer, load_problems(cfg, Path(train_file)))
+    # train.grpo.held_out problems are held out of training and scored every eval_steps (monitoring.py)
+    train_rows, held_rows = monitoring.hold_out(load_problems(cfg, Path(train_file)), g.held_out, cfg.seed)
+    dataset = build_dataset(cfg, tokenizer, train_rows)
     plan = make_grpo_plan(cfg)
     log.info("GRPO memory plan: %s", plan)
     args = build_grpo_config(cfg, checkpoint_dir, plan)
@@ -199,16 +197,20 @@ def build_trainer(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=N
         reward_funcs, _ = rewards.build_reward_funcs(g)
     elif len(reward_funcs) != len(g.reward_weights):
         args.reward_weights = [1.0] * len(reward_funcs)
+    sampler = monitoring.CompletionSampler(live.dir if live is not None else None)  # completions.jsonl
     model = modeling.load_base_model(cfg.model, for_training=True)
     engine = rollout.rollout_kind(cfg) == "engine"
     if engine:  # rollout_func is marked experimental in TRL 1.16; we pin and test it
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    callbacks = [StopAtStep(g.stop_at_step)]
+    callbacks = [StopAtStep(g.stop_at_step), sampler]
+    if held_rows:
+        callbacks.append(monitoring.HeldOutMonitor(build_dataset(cfg, tokenizer, held_rows), tokenizer,
+                                                   cfg.train.eval_steps, g.max_completion_length, cfg.seed, live))
     if live is not None:
         callbacks.append(LiveMetricsCallback(live))
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=reward_funcs,
+        reward_funcs=sampler.wrap(reward_funcs),
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -226,17 +228,12 @@ def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None
 
     GRPO keeps no eval loss (the last step is the result), so it takes no validation file.
     """
-    from tinyreason.sft import _step_of, last_checkpoint
-
     trainer = build_trainer(cfg, train_file, checkpoint_dir, live, reward_funcs)
     resume = last_checkpoint(checkpoint_dir)
     if resume:
         log.info("resuming from %s", resume)
     output = trainer.train(resume_from_checkpoint=resume)
-    state = trainer.state
-    history = [e for e in state.log_history if "reward" in e]
-    trainable, total = trainer.model.get_nb_trainable_parameters()
-    runtime = output.metrics.get("train_runtime", 0.0)
+    history = [e for e in trainer.state.log_history if "reward" in e]
 
     def last(key):
         vals = [e[key] for e in history if key in e]
@@ -244,21 +241,19 @@ def train_grpo(cfg: RunConfig, train_file: Path, checkpoint_dir: Path, live=None
 
     metrics = {
         "method": "grpo",
-        "steps": state.global_step,
+        **training_metrics(trainer, output, resume),
         "best_eval_loss": None,  # GRPO: no eval loss; the last checkpoint is the result
         "final_reward": last("reward"),
         "final_rewards": {name: last(f"rewards/{name}/mean") for name in trainer.reward_func_names},
         "final_completion_mean_length": last("completions/mean_length"),
         "final_clipped_ratio": last("completions/clipped_ratio"),
         "final_kl": last("kl"),
-        "train_runtime_seconds": round(runtime, 2),
-        "train_tokens": int(state.num_input_tokens_seen),
-        "train_tokens_per_second": round(state.num_input_tokens_seen / runtime, 1) if runtime else None,
-        "trainable_parameters": int(trainable),
-        "total_parameters": int(total),
+        # the held-out slice (train.grpo.held_out) at the last step: accuracy, format rate, mean length
+        "final_heldout": {k.split("/", 1)[1]: round(float(v), 6) for k, v in next(
+            (e for e in reversed(trainer.state.log_history) if "eval_heldout/accuracy" in e), {}).items()
+            if k != "step"},
         "train_problems": len(trainer.train_dataset),
         "rollout": rollout.rollout_kind(cfg),
         "memory_plan": getattr(trainer, "memory_plan", None) and trainer.memory_plan.to_dict(),
-        "resumed_from_step": _step_of(resume),
     }
     return TrainResult(trainer=trainer, metrics=metrics)

@@ -7,7 +7,7 @@ global-token (dapo) losses, so with `train.speed: fast` the plan is free to choo
 
   peak = weights (bf16) + the rollout engine (KV cache for every completion at full length, the
          merged copy of the LoRA-wrapped projections, decode scratch) + activations kept for the
-         backward of one micro-batch (per token and layer, sft.estimate_peak_bytes' generous count;
+         backward of one micro-batch (per token and layer, training.estimate_peak_bytes' generous count;
          with checkpointing only the layer inputs and one layer's worth) + 1.5 GiB of LoRA weights,
          optimizer state and workspace.
 TRL scores completions through a fused LM head (tiles of the vocabulary), so no full-vocabulary
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from tinyreason.config import RunConfig
-from tinyreason.sft import GIB, ModelDims, estimate_peak_bytes
+from tinyreason.training import GIB, ModelDims, estimate_peak_bytes, model_dims
 
 KV_DTYPE_BYTES = 2
 _SPLIT_INVARIANT_LOSSES = ("grpo", "dr_grpo", "dapo")
@@ -80,7 +80,6 @@ def make_grpo_plan(cfg: RunConfig) -> GrpoPlan:
     import torch
 
     from tinyreason import modeling
-    from tinyreason.sft import model_dims
 
     cuda = torch.cuda.is_available()
     if not cuda or cfg.train.speed == "faithful":

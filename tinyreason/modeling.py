@@ -9,21 +9,29 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.metadata
 import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from tinyreason.config import LoraSettings, ModelConfig
+from tinyreason.paths import ADAPTER_CONFIG
 from tinyreason.errors import TinyReasonError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
+# Tokenizers rebuilt from GGUF files, saved as plain tokenizer files (see `_read_tokenizer`).
+CACHE_ENV = "TINYREASON_CACHE_DIR"
 
 
 def resolve_model_location(cfg: ModelConfig) -> str:
@@ -85,12 +93,47 @@ def _unreachable(cfg: ModelConfig, exc: Exception) -> TinyReasonError:
                            "at a local directory)")
 
 
-def load_tokenizer(cfg: ModelConfig):
-    from transformers import AutoTokenizer
+def _tokenizer_cache() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tinyreason") / "tokenizers"
 
+
+def _read_tokenizer(location: str, cfg: ModelConfig):
+    """AutoTokenizer for `location`. transformers rebuilds a GGUF file's tokenizer from the file's metadata,
+    parsing it twice (SmolLM2's 49k token strings: ~5 s each on 2 cores, most of the prepare stage); so the
+    first load saves the result as plain tokenizer files in a cache keyed by the GGUF file (path, size,
+    mtime) and the transformers version, and later loads read those. A cache that cannot be written
+    (read-only home) only costs the time."""
+    import transformers
+
+    gguf = Path(location) / cfg.gguf_file if cfg.gguf_file else None
+    if gguf is None or not gguf.is_file():
+        return transformers.AutoTokenizer.from_pretrained(location, **_common_kwargs(cfg))
+    stat = gguf.stat()
+    key = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    cached = _tokenizer_cache() / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if (cached / "tokenizer_config.json").is_file():
+        saved_class = json.loads((cached / "tokenizer_config.json").read_text()).get("tokenizer_class")
+        if saved_class == "TokenizersBackend":  # the class itself: AutoTokenizer's imports cost ~2 s more
+            return transformers.TokenizersBackend.from_pretrained(cached)
+        return transformers.AutoTokenizer.from_pretrained(cached)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(location, **_common_kwargs(cfg))
+    tmp = None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=cached.parent)
+        tokenizer.save_pretrained(tmp)
+        os.rename(tmp, cached)  # whole or not at all (another process may have won the race)
+    except OSError as exc:
+        log.debug("tokenizer cache %s not written (%s)", cached, exc)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer
+
+
+def load_tokenizer(cfg: ModelConfig):
     location = resolve_model_location(cfg)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **_common_kwargs(cfg))
+        tokenizer = _read_tokenizer(location, cfg)
     except (OSError, ValueError) as exc:
         raise _unreachable(cfg, exc) from None
     if tokenizer.chat_template is None:
@@ -112,6 +155,8 @@ def load_tokenizer(cfg: ModelConfig):
 
 
 def compute_dtype(cfg: ModelConfig) -> torch.dtype:
+    import torch  # in the functions that need it: the check and prepare stages import this module, not torch
+
     if cfg.dtype != "auto":
         return getattr(torch, cfg.dtype)
     if torch.cuda.is_available():
@@ -122,6 +167,8 @@ def compute_dtype(cfg: ModelConfig) -> torch.dtype:
 def quantization_config(cfg: ModelConfig):
     if not cfg.load_in_4bit:
         return None
+    import torch
+
     if not torch.cuda.is_available():
         raise TinyReasonError("model.load_in_4bit: 4-bit (bitsandbytes NF4) needs a CUDA GPU and none "
                               "is visible (fix: set model.load_in_4bit=false, or run the CPU profile: "
@@ -164,6 +211,7 @@ def _quiet_peft_vocab_check() -> None:
 
 def load_base_model(cfg: ModelConfig, for_training: bool = False):
     """The base causal LM, 4-bit when asked (training only), else in the compute dtype."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     quant = quantization_config(cfg) if for_training else None
@@ -215,7 +263,7 @@ def stabilise_adapter_config(adapter_dir: Path) -> None:
     """Write adapter_config.json's target_modules sorted. PEFT keeps them as a set and saves it in
     hash order, which changes from process to process: the same training run gave different
     adapter bytes, so DVC saw a new models/adapter and reran evaluate."""
-    path = Path(adapter_dir) / "adapter_config.json"
+    path = Path(adapter_dir) / ADAPTER_CONFIG
     config = json.loads(path.read_text())
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])

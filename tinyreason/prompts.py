@@ -8,26 +8,35 @@ through the model tokenizer's own chat template, so the same code serves Qwen, S
 from __future__ import annotations
 
 from tinyreason.config import PromptConfig
+from tinyreason.formats import THINK_CLOSE
 
 
-def build_messages(prompt: PromptConfig, question: str) -> list[dict[str, str]]:
+def build_messages(prompt: PromptConfig, question: str,
+                   history: list[tuple[str, str]] | tuple = ()) -> list[dict[str, str]]:
+    """System prompt (if any), the earlier turns of a conversation (`history`: question and the completion
+    that followed the think prefix, as `tinyreason chat` keeps them), then the question."""
     messages = []
     if prompt.system:
         messages.append({"role": "system", "content": prompt.system})
+    for past_question, past_completion in history:
+        messages.append({"role": "user", "content": prompt.user_template.format(question=past_question)})
+        messages.append({"role": "assistant", "content": prompt.think_prefix + past_completion})
     messages.append({"role": "user", "content": prompt.user_template.format(question=question)})
     return messages
 
 
-def render_generation_prompt(tokenizer, prompt: PromptConfig, question: str) -> str:
-    """The text a model continues at evaluation: chat template + assistant header + think prefix."""
-    text = tokenizer.apply_chat_template(build_messages(prompt, question), tokenize=False,
+def render_generation_prompt(tokenizer, prompt: PromptConfig, question: str,
+                             history: list[tuple[str, str]] | tuple = ()) -> str:
+    """The text a model continues at evaluation (and in chat, after `history`'s turns): chat template +
+    assistant header + think prefix."""
+    text = tokenizer.apply_chat_template(build_messages(prompt, question, history), tokenize=False,
                                          add_generation_prompt=True)
     return text + prompt.think_prefix
 
 
 def render_target(prompt: PromptConfig, reasoning: str, answer: str) -> str:
     """The assistant turn SFT teaches: `<think>\\n{reasoning}\\n</think>\\n**Final Answer:** {answer}`."""
-    return (f"{prompt.think_prefix}{reasoning.strip()}\n</think>\n"
+    return (f"{prompt.think_prefix}{reasoning.strip()}\n{THINK_CLOSE}\n"
             f"{prompt.answer_template.format(answer=answer)}")
 
 

@@ -1,8 +1,8 @@
-"""Tina recipe presets (recipes/*.yaml) -> one `dvc exp run -n tina-NAME -S key=value ...` command.
+"""Tina recipe presets (recipes/*.yaml) -> one `dvc exp run -n tina-NAME-<time> -S key=value ...` command.
 
 config.py reads and merges the overlay files (it is the only YAML reader); this module validates a
 preset over a params file, turns it into DVC's `-S` flags (Hydra syntax) and runs it:
-`tinyreason recipe NAME [--dry-run]`, `tinyreason recipe --list`.
+`tinyreason recipe NAME [--queue] [--name N] [--dry-run] [-- extra dvc exp run flags]`, `tinyreason recipe --list`.
 """
 
 from __future__ import annotations
@@ -59,15 +59,24 @@ def _hydra_value(value) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def default_experiment_name(recipe: str) -> str:
+    """tina-NAME-<UTC time>-<4 hex>: unique per run, so running a preset again on the same commit (or
+    queueing it twice in a second) never meets DVC's ExperimentExistsError."""
+    import secrets
+    import time
+
+    return f"tina-{recipe}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+
+
 def recipe_command(name: str, params_path: Path | str = "params.yaml", directory: Path = RECIPES_DIR,
-                   extra: list[str] | None = None) -> list[str]:
+                   extra: list[str] | None = None, experiment: str | None = None, queue: bool = False) -> list[str]:
     """Validate the preset against config.py (merged over params_path) and build its dvc command."""
     from tinyreason.config import _deep_merge, config_from_dict, load_params_mapping
 
     recipe = load_recipe(name, directory)
     base = load_params_mapping(params_path)
     config_from_dict(_deep_merge(base or {}, recipe["params"]), source=f"recipes/{name}.yaml over {params_path}")
-    cmd = ["dvc", "exp", "run", "-n", f"tina-{name}"]
+    cmd = ["dvc", "exp", "run", "-n", experiment or default_experiment_name(name)] + (["--queue"] if queue else [])
     for key, value in flatten_params(recipe["params"]):
         # Hydra (under `dvc exp run -S`) refuses to set a key the params file lacks unless it is
         # marked `+` (append), e.g. evaluate.benchmarks.aime24.samples
@@ -96,7 +105,7 @@ def _run_recipe(args) -> int:
         for name in overlay_names():
             print(f"{name:18s} {load_recipe(name)['description']}")
         return 0
-    cmd = recipe_command(args.name, args.params, extra=args.dvc_args)
+    cmd = recipe_command(args.name, args.params, extra=args.dvc_args, experiment=args.experiment, queue=args.queue)
     print(shlex.join(cmd))
     if args.dry_run:
         return 0
@@ -104,13 +113,20 @@ def _run_recipe(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    """`tinyreason recipe NAME [--dry-run]`: run a Tina preset (recipes/NAME.yaml) as a DVC experiment."""
+    """`tinyreason recipe NAME [options] [-- dvc flags]`: run a Tina preset (recipes/NAME.yaml) as a DVC
+    experiment. Everything after `--` goes to `dvc exp run` as is (cli.main splits it off, so the options
+    may stand anywhere)."""
     p = subparsers.add_parser("recipe", help="run a Tina GRPO preset (recipes/*.yaml) as a DVC experiment",
-                              description="Turn recipes/NAME.yaml into `dvc exp run -n tina-NAME -S key=value ...` "
-                                          "(validated against params.yaml first) and run it.")
+                              description="Turn recipes/NAME.yaml into `dvc exp run -n tina-NAME-<time> -S key=value "
+                                          "...` (validated against params.yaml first) and run it. Flags after `--` "
+                                          "go to dvc exp run: tinyreason recipe open-rs2 --queue -- -S "
+                                          "'train.learning_rate=1e-6,2e-6' queues a sweep (then: dvc queue start).")
     p.add_argument("name", nargs="?", help="preset or shared overlay name, e.g. eval-tina (see --list)")
+    p.add_argument("--queue", action="store_true", help="queue the run (dvc exp run --queue); run the queue "
+                                                        "with `dvc queue start`")
+    p.add_argument("--name", dest="experiment", metavar="N", help="the experiment's name (default: "
+                                                                   "tina-NAME-<UTC time>-<4 hex>, unique per run)")
     p.add_argument("--dry-run", action="store_true", help="print the dvc command, do not run it")
     p.add_argument("--list", action="store_true", help="list the presets and the shared overlays they extend")
     p.add_argument("--params", default="params.yaml", help="params file the overlay is validated over")
-    p.add_argument("dvc_args", nargs="*", help="extra arguments for dvc exp run (after --)")
-    p.set_defaults(func=_run_recipe)
+    p.set_defaults(func=_run_recipe, dvc_args=[])

@@ -9,10 +9,13 @@ or TRL's conversational form (`[{"role": "assistant", "content": ...}]`).
     accuracy_reward    1 if the answer (boxed by default) is correct under grade_answer, else 0
     cosine_reward(...) accuracy scaled by length on a half cosine (Open-RS3 / open-r1 "cosine")
     length_reward      Kimi-1.5 length penalty across the batch (Tina's "length", used by STILL-3)
+    overlong_reward(...) DAPO's soft overlong punishment on token counts (TRL's implementation)
+    REWARDS                        the registry: params name -> builder of the function
     build_reward_funcs(grpo_settings) -> (functions, weights) for GRPOTrainer
 
 TRL logs each function's mean and std under `rewards/<__name__>/mean|std` and the weighted sum
-under `reward`; the names here are the params names (format, accuracy, cosine, length).
+under `reward`; the names are the params names, the keys of REWARDS (config.py validates
+train.grpo.reward_funcs against them, tracking.py and dvc.yaml plot each one's curve).
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from tinyreason.config import GRPO_REWARDS as REWARD_NAMES
-from tinyreason.formats import BOXED
-from tinyreason.grading import THINK_CLOSE, grade_answer
+from tinyreason.errors import ConfigError
+from tinyreason.formats import BOXED, THINK_CLOSE
+from tinyreason.grading import grade_answer
 
 DEFAULT_ANSWER_FORMAT = BOXED
 
@@ -103,6 +106,19 @@ def length_reward(completions, answer, answer_format=None, **kwargs) -> list[flo
     return out
 
 
+def overlong_reward(max_completion_length: int, cache: int | None = None) -> Callable:
+    """DAPO's soft overlong punishment (TRL's get_soft_overlong_punishment): 0 up to max_completion_length
+    - cache tokens, then linearly down to -1 at max_completion_length. cache None: a fifth of the budget."""
+    from trl.rewards import get_soft_overlong_punishment
+
+    punish = get_soft_overlong_punishment(max_completion_length, cache or max(1, max_completion_length // 5))
+
+    def overlong(completions, completion_ids, **kwargs) -> list[float]:
+        return punish(completion_ids)
+
+    return overlong
+
+
 def _named(fn: Callable, name: str) -> Callable:
     """A wrapper of `fn` called `name` (TRL logs rewards by function name)."""
 
@@ -114,24 +130,39 @@ def _named(fn: Callable, name: str) -> Callable:
     return wrapper
 
 
-def reward_function(name: str, settings=None) -> Callable:
-    """The reward function for a params name; `settings` (GrpoSettings) parameterises `cosine`."""
-    if name == "format":
-        return _named(format_reward, "format")
-    if name == "accuracy":
-        return _named(accuracy_reward, "accuracy")
-    if name == "length":
-        return _named(length_reward, "length")
-    if name == "cosine":
-        kw = {}
-        if settings is not None:
-            kw = dict(max_len=settings.cosine_max_len, correct_short=settings.cosine_correct_short,
-                      correct_long=settings.cosine_correct_long, wrong_short=settings.cosine_wrong_short,
-                      wrong_long=settings.cosine_wrong_long)
-        return cosine_reward(**kw)
-    from tinyreason.errors import ConfigError
+def _cosine_of(settings) -> Callable:
+    """`cosine_reward` shaped by GrpoSettings' cosine_* params (Tina's defaults without settings)."""
+    if settings is None:
+        return cosine_reward()
+    return cosine_reward(max_len=settings.cosine_max_len, correct_short=settings.cosine_correct_short,
+                         correct_long=settings.cosine_correct_long, wrong_short=settings.cosine_wrong_short,
+                         wrong_long=settings.cosine_wrong_long)
 
-    raise ConfigError(f"train.grpo.reward_funcs: unknown reward {name!r} (known: {', '.join(REWARD_NAMES)})")
+
+def _overlong_of(settings) -> Callable:
+    """`overlong_reward` for GrpoSettings' completion budget and overlong_cache (3584 tokens without settings)."""
+    if settings is None:
+        return overlong_reward(3584)
+    return overlong_reward(settings.max_completion_length, settings.overlong_cache)
+
+
+# The reward functions GRPO can use, by params name (train.grpo.reward_funcs), defined here once. Each
+# entry builds its function from GrpoSettings (or None); cosine and overlong read them.
+REWARDS: dict[str, Callable] = {
+    "format": lambda settings: format_reward,
+    "accuracy": lambda settings: accuracy_reward,
+    "cosine": _cosine_of,
+    "length": lambda settings: length_reward,
+    "overlong": _overlong_of,
+}
+
+
+def reward_function(name: str, settings=None) -> Callable:
+    """The reward function for a params name, named so (TRL logs it by name); `settings` (GrpoSettings)
+    parameterises `cosine` and `overlong`."""
+    if name not in REWARDS:
+        raise ConfigError(f"train.grpo.reward_funcs: unknown reward {name!r} (known: {', '.join(REWARDS)})")
+    return _named(REWARDS[name](settings), name)
 
 
 def build_reward_funcs(settings) -> tuple[list[Callable], list[float]]:

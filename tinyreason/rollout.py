@@ -138,7 +138,7 @@ class EngineRollout:
         tokenizer = trainer.processing_class
         prompt_ids = tokenizer(text=list(prompts))["input_ids"]
         model = trainer.accelerator.unwrap_model(trainer.model)
-        if getattr(self.g, "merge_for_rollout", False) and not _quantized(model):
+        if self.g.merge_for_rollout and not _quantized(model):
             if self.shadow is None:
                 self.shadow = MergedShadow(model)
             else:

@@ -6,7 +6,6 @@ Public API:
     newcombe_paired_interval(both, b, c, neither, confidence)  interval for a paired difference of accuracies
     paired_difference(correct_a, correct_b, confidence=0.95, method="newcombe", n_boot=10_000, seed=0) -> dict
     pass_at_k(n, c, k) -> float                                unbiased pass@k (Chen et al. 2021)
-    pass_at_k_mean(per_problem_correct_lists, k) -> float      pass@k averaged over problems
     mean_at_k(per_problem_correct_lists) -> float              mean accuracy over k samples per problem
 
 Conventions for paired comparisons of model A (e.g. base) and model B (e.g. adapter) on the same problems:
@@ -158,14 +157,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     for i in range(n - c + 1, n + 1):
         prod *= 1.0 - k / i
     return 1.0 - prod
-
-
-def pass_at_k_mean(per_problem_correct_lists: Sequence[Sequence[bool]], k: int) -> float:
-    """pass@k averaged over problems; each inner list holds the graded samples of one problem."""
-    if not per_problem_correct_lists:
-        raise ValueError("no problems")
-    return sum(pass_at_k(len(s), sum(map(bool, s)), k) for s in per_problem_correct_lists) / len(
-        per_problem_correct_lists)
 
 
 def mean_at_k(per_problem_correct_lists: Sequence[Sequence[bool]]) -> float:
