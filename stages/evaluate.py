@@ -25,7 +25,7 @@ def main() -> None:
         modeling.check_adapter_matches(ADAPTER, cfg.model)
     records = {}
     if cfg.evaluate.evaluate_base:  # scored by the evaluate_base stage, which training does not rerun
-        records["base"] = evaluation.load_base_records(paths.BASE_EVAL, cfg, TEST)
+        records["base"] = evaluation.load_base_records(cfg, TEST)
     with measure_cost(cfg.cost.usd_per_gpu_hour) as cost:
         if with_adapter:
             tokenizer = modeling.load_tokenizer(cfg.model)

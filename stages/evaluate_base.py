@@ -23,7 +23,7 @@ def main() -> None:
         if cfg.evaluate.evaluate_base:  # false: nothing scored; the evaluate stage reads no base answers
             tokenizer = modeling.load_tokenizer(cfg.model)
             records = evaluation.score_model(modeling.load_base_model(cfg.model), tokenizer, cfg, rows, "base", TEST)
-    metrics = evaluation.save_base_results(paths.BASE_EVAL, records, cfg, TEST)
+    metrics = evaluation.save_base_results(records, cfg, TEST)
     atomic_write_json(paths.EVALUATE_BASE_METRICS, {"cost": cost})
     if metrics:
         evaluation.print_comparison(metrics)

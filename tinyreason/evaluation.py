@@ -138,15 +138,16 @@ def base_inputs(cfg: RunConfig, test_path: Path) -> dict:
                                   str(test_path): hashlib.sha256(test_path.read_bytes()).hexdigest()}))
 
 
-def save_base_results(out: Path, records: list[dict], cfg: RunConfig, test_path: Path) -> dict:
+def save_base_results(records: list[dict], cfg: RunConfig, test_path: Path) -> dict:
     """Write paths.BASE_EVAL in one rename; returns its per-benchmark metrics ({} when nothing was scored)."""
     samples = {r["benchmark"]: cfg.evaluate.samples_of(r["benchmark"]) for r in records}
     metrics = build_metrics({"base": records}, samples) if records else {}
-    with atomic_directory(out) as tmp:
-        atomic_write_json(tmp / "inputs.json", base_inputs(cfg, test_path))
-        atomic_write_json(tmp / "metrics.json", metrics)
+    with atomic_directory(paths.BASE_EVAL) as tmp:
+        atomic_write_json(tmp / paths.BASE_EVAL_INPUTS.name, base_inputs(cfg, test_path))
+        atomic_write_json(tmp / paths.BASE_EVAL_METRICS.name, metrics)
         for bench in metrics:
-            atomic_write_jsonl(tmp / "predictions" / f"{bench}.jsonl", [r for r in records if r["benchmark"] == bench])
+            atomic_write_jsonl(tmp / paths.BASE_EVAL_PREDICTIONS.name / f"{bench}.jsonl",
+                               [r for r in records if r["benchmark"] == bench])
     return metrics
 
 
@@ -159,10 +160,10 @@ def _first_difference(saved, now, key: str = ""):
     return key, saved, now
 
 
-def load_base_records(results: Path, cfg: RunConfig, test_path: Path) -> list[dict]:
+def load_base_records(cfg: RunConfig, test_path: Path) -> list[dict]:
     """The base model's prediction records from paths.BASE_EVAL, refused when they were computed from
     other inputs than the current params and test file (a stage run by hand out of order)."""
-    inputs = results / "inputs.json"
+    inputs = paths.BASE_EVAL_INPUTS
     fix = "(fix: run the evaluate_base stage first: `dvc repro`, or `python stages/evaluate_base.py`)"
     if not inputs.is_file():
         raise TinyReasonError(f"{inputs}: not found {fix}")
@@ -170,7 +171,7 @@ def load_base_records(results: Path, cfg: RunConfig, test_path: Path) -> list[di
     if key:
         raise TinyReasonError(f"{inputs}: the base model's answers were computed with {key} = {saved!r}, "
                               f"now {now!r} {fix}")
-    return [row for path in sorted((results / "predictions").glob("*.jsonl"))
+    return [row for path in sorted(paths.BASE_EVAL_PREDICTIONS.glob("*.jsonl"))
             for row in sources.read_jsonl(path, "rerun the evaluate_base stage, `dvc repro`")]
 
 
