@@ -3,10 +3,10 @@
 In a scratch git repository holding this project's tracked files, with params.yaml as shipped except
 `model.name_or_path` (a random-weight model of the Qwen2.5-1.5B architecture, built here: no hub),
 it runs, timing each:
-  1. dvc repro                                  the whole DAG (check -> prepare -> train -> evaluate)
+  1. dvc repro                                  the whole DAG (check -> prepare -> train, evaluate_base -> evaluate)
   2. dvc repro                                  again: must do nothing ("up to date")
   3. git commit of dvc.lock and the metrics     the baseline a user would commit
-  4. dvc exp run -S train.learning_rate=1e-4    an experiment: train and evaluate rerun
+  4. dvc exp run -S train.learning_rate=1e-4    an experiment: train and evaluate rerun, evaluate_base is skipped
   5. dvc exp show --md, dvc metrics diff --md, dvc plots diff HEAD (HTML kept)
 GPU memory is sampled with nvidia-smi every 200 ms for the whole run (torch's own peak per stage is
 in each stage's cost report). Writes <out>/dvc-gpu.json, dvc-gpu.md, dvc-gpu-log.txt and
@@ -147,7 +147,7 @@ def main() -> None:
 
     step("dvc repro", *DVC, "repro")
     results["stage_costs"] = {stage: json.loads((repo / "metrics" / f"{stage}.json").read_text()).get("cost")
-                              for stage in ("train", "evaluate")}
+                              for stage in ("train", "evaluate_base", "evaluate")}
     again = step("dvc repro (again)", *DVC, "repro")
     results["second_repro_up_to_date"] = "up to date" in again
     # What a user commits after a run: dvc.lock plus the uncached outputs (metrics, DVCLive curves),

@@ -1,14 +1,15 @@
-"""DVC stage `evaluate`: base model and base + adapter on data/prepared/test.jsonl ->
-metrics.json (per benchmark, with intervals and a paired test), predictions/<benchmark>.jsonl,
-metrics/evaluate.json (cost), dvclive/eval/ (accuracy per benchmark)."""
+"""DVC stage `evaluate`: the base model + adapter on data/prepared/test.jsonl, paired with the base
+model's own answers from the evaluate_base stage (base_eval/) -> metrics.json (per benchmark, with
+intervals and a paired test), predictions/<benchmark>.jsonl (both models), metrics/evaluate.json (the
+cost of scoring the adapter), dvclive/eval/ (accuracy per benchmark)."""
 
 import logging
 import sys
 
-from tinyreason import evaluation, modeling, paths, sources
+from tinyreason import evaluation, modeling, paths
 from tinyreason.config import load_config
 from tinyreason.cost import measure_cost
-from tinyreason.errors import TinyReasonError, run_stage
+from tinyreason.errors import run_stage
 from tinyreason.outputs import atomic_directory, atomic_write_json, atomic_write_jsonl
 
 TEST, ADAPTER = paths.PREPARED_TEST, paths.ADAPTER
@@ -18,24 +19,18 @@ def main() -> None:
     from dvclive import Live
 
     cfg = load_config(paths.PARAMS)
-    if not TEST.is_file():
-        raise TinyReasonError(f"{TEST}: not found (fix: run the prepare stage, `dvc repro prepare`)")
-    rows = sources.read_jsonl(TEST, "rerun the prepare stage, `dvc repro prepare`")
+    rows = evaluation.load_test_rows(TEST)
     with_adapter = cfg.evaluate.adapter == "trained"  # none: the base model alone, no adapter needed
     if with_adapter:
         modeling.check_adapter_matches(ADAPTER, cfg.model)
-    tokenizer = modeling.load_tokenizer(cfg.model)
     records = {}
+    if cfg.evaluate.evaluate_base:  # scored by the evaluate_base stage, which training does not rerun
+        records["base"] = evaluation.load_base_records(cfg, TEST)
     with measure_cost(cfg.cost.usd_per_gpu_hour) as cost:
-        if cfg.evaluate.evaluate_base:
-            model = modeling.load_base_model(cfg.model)
-            evaluation.check_fits_context(model, tokenizer, cfg, rows, TEST)
-            records["base"] = evaluation.predict(model, tokenizer, cfg, rows, "base")
-            evaluation.free_model(model)
         if with_adapter:
-            model = modeling.load_adapter_model(cfg.model, ADAPTER, merge=True)
-            evaluation.check_fits_context(model, tokenizer, cfg, rows, TEST)
-            records["adapter"] = evaluation.predict(model, tokenizer, cfg, rows, "adapter")
+            tokenizer = modeling.load_tokenizer(cfg.model)
+            records["adapter"] = evaluation.score_model(modeling.load_adapter_model(cfg.model, ADAPTER, merge=True),
+                                                        tokenizer, cfg, rows, "adapter", TEST)
     samples = {r["benchmark"]: cfg.evaluate.samples_of(r["benchmark"]) for r in rows}  # k per benchmark
     metrics = evaluation.build_metrics(records, samples)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_workdir, run_stage, tiny_run_overrides, write_params
+from conftest import make_workdir, run_stage, save_fresh_adapter, tiny_run_overrides, write_params
 
 # Every path a stage may write (DVC outputs and their temporaries, checkpoints).
-WRITABLE = ("data/prepared", "metrics", "metrics.json", "models", "dvclive", "predictions", "checkpoints")
+WRITABLE = ("data/prepared", "metrics", "metrics.json", "models", "dvclive", "predictions", "base_eval", "checkpoints")
 
 
 def base_overrides(model_dir: Path, **sections) -> dict:
@@ -251,13 +251,30 @@ def test_evaluate_adapter_none_scores_the_base_model_alone(work, tiny_model_dir,
     base-only metrics (no adapter, no paired comparison); the comparison table still prints."""
     set_params(work, tiny_model_dir, evaluate={"adapter": "none"})
     assert not (work / "models" / "adapter").exists()
-    code, err = call_stage(work, "evaluate", monkeypatch, capsys)
-    assert code == 0, err
+    for stage in ("evaluate_base", "evaluate"):
+        code, err = call_stage(work, stage, monkeypatch, capsys)
+        assert code == 0, (stage, err)
     metrics = json.loads((work / "metrics.json").read_text())
     assert set(metrics) == {"gsm8k"}
     assert set(metrics["gsm8k"]) == {"base"} and metrics["gsm8k"]["base"]["n"] == 2
     predictions = [json.loads(line) for line in (work / "predictions" / "gsm8k.jsonl").read_text().splitlines()]
     assert {p["model"] for p in predictions} == {"base"}
+
+
+def test_evaluate_base_false_scores_the_adapter_alone(work, tiny_model_dir, monkeypatch, capsys):
+    """evaluate.evaluate_base: false keeps its meaning with the base model in its own stage: evaluate_base
+    generates nothing (an empty base_eval/) and metrics.json has the adapter alone, no paired test."""
+    set_params(work, tiny_model_dir, evaluate={"evaluate_base": False})
+    save_fresh_adapter(tiny_model_dir, work / "models" / "adapter")
+    for stage in ("evaluate_base", "evaluate"):
+        code, err = call_stage(work, stage, monkeypatch, capsys)
+        assert code == 0, (stage, err)
+    assert json.loads((work / "base_eval" / "metrics.json").read_text()) == {}
+    assert not (work / "base_eval" / "predictions").exists()
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert set(metrics["gsm8k"]) == {"adapter"} and metrics["gsm8k"]["adapter"]["n"] == 2
+    predictions = [json.loads(line) for line in (work / "predictions" / "gsm8k.jsonl").read_text().splitlines()]
+    assert {p["model"] for p in predictions} == {"adapter"}
 
 
 def test_evaluate_adapter_without_safetensors(work, tiny_model_dir, monkeypatch, capsys):
@@ -273,10 +290,31 @@ def test_evaluate_adapter_from_other_base_model(work, monkeypatch, capsys):
 
 
 def test_evaluate_prompt_plus_new_tokens_past_context(work, tiny_model_dir, monkeypatch, capsys):
-    fake_adapter(work, str(tiny_model_dir))  # passes the adapter check; the context check comes first
     set_params(work, tiny_model_dir, evaluate={"max_new_tokens": 1000})  # tiny model: 1024 positions
-    expect_failure(work, "evaluate", monkeypatch, capsys, "data/prepared/test.jsonl", "gsm8k",
-                          "evaluate.max_new_tokens=1000", "context of 1024", "set evaluate.max_new_tokens <=")
+    expect_failure(work, "evaluate_base", monkeypatch, capsys, "data/prepared/test.jsonl", "gsm8k",
+                   "evaluate.max_new_tokens=1000", "context of 1024", "set evaluate.max_new_tokens <=")
+
+
+def test_evaluate_without_the_base_models_answers(work, tiny_model_dir, monkeypatch, capsys):
+    """Issue 26: the base model is scored by the evaluate_base stage; evaluate run before it says so."""
+    set_params(work, tiny_model_dir, evaluate={"adapter": "none"})
+    expect_failure(work, "evaluate", monkeypatch, capsys, "base_eval/inputs.json: not found", "evaluate_base")
+
+
+def test_evaluate_refuses_base_answers_computed_from_other_params(work, tiny_model_dir, monkeypatch, capsys):
+    """Base answers from other generation settings (a stage run by hand out of order) are never paired
+    with the adapter's: one line names the param that differs. evaluate.adapter is not one of them."""
+    set_params(work, tiny_model_dir, evaluate={"adapter": "none"})
+    code, err = call_stage(work, "evaluate_base", monkeypatch, capsys)
+    assert code == 0, err
+    set_params(work, tiny_model_dir, evaluate={"adapter": "none", "max_new_tokens": 3})
+    expect_failure(work, "evaluate", monkeypatch, capsys, "base_eval/inputs.json",
+                   "evaluate.max_new_tokens = 4, now 3", "evaluate_base")
+    save_fresh_adapter(tiny_model_dir, work / "models" / "adapter")
+    set_params(work, tiny_model_dir, evaluate={"adapter": "trained"})
+    code, err = call_stage(work, "evaluate", monkeypatch, capsys)
+    assert code == 0, err
+    assert set(json.loads((work / "metrics.json").read_text())["gsm8k"]) == {"base", "adapter", "adapter_vs_base"}
 
 
 # ---------------------------------------------------------------------------------------------

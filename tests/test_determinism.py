@@ -30,7 +30,7 @@ def overrides(model_dir: Path, seed: int) -> dict:
     )
 
 
-def pipeline(root: Path, model_dir: Path, seed: int, stages=("prepare", "train", "evaluate")) -> Path:
+def pipeline(root: Path, model_dir: Path, seed: int, stages=("prepare", "train", "evaluate_base", "evaluate")) -> Path:
     work = make_workdir(root)
     write_params(work, overrides(model_dir, seed))
     (work / "logs").mkdir()

@@ -134,3 +134,25 @@ def test_grpo_training_files_live_in_a_train_stage_dependency():
 
     for stage in ("check", "train"):
         assert GRPO_DATA_DIR.as_posix() in stages()[stage]["deps"], stage
+
+
+def test_base_evaluation_depends_on_nothing_from_training():
+    """Issue 26: evaluate_base reads every param that shapes the base model's answers (all evaluate.* keys
+    but evaluation.NOT_BASE_INPUTS, the model, the seed, the profile) and nothing training writes or reads,
+    so `dvc exp run -S train.x=...` skips it; evaluate pairs the adapter with its output."""
+    import dataclasses
+
+    from tinyreason.config import EvaluateConfig
+    from tinyreason.evaluation import NOT_BASE_INPUTS
+    from tinyreason.paths import BASE_EVAL
+
+    base, train, evaluate = stages()["evaluate_base"], stages()["train"], stages()["evaluate"]
+    shaping = {f"evaluate.{f.name}" for f in dataclasses.fields(EvaluateConfig) if f.name not in NOT_BASE_INPUTS}
+    assert shaping <= set(base["params"]), sorted(shaping - set(base["params"]))
+    assert not {p for p in base["params"] if p.startswith("evaluate.") and p not in shaping}
+    assert {"profile", "seed", "model"} <= set(base["params"])
+    assert not [p for p in base["params"] if p.split(".")[0] in ("train", "prepare", "cost")]
+    train_outs = {o if isinstance(o, str) else next(iter(o)) for o in train["outs"] + train.get("metrics", [])}
+    assert not train_outs & set(base["deps"]), train_outs & set(base["deps"])
+    assert "data/prepared/test.jsonl" in base["deps"] and not [d for d in base["deps"] if "train" in d]
+    assert base["outs"] == [BASE_EVAL.as_posix()] and BASE_EVAL.as_posix() in evaluate["deps"]

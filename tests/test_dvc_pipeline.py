@@ -1,10 +1,13 @@
-"""The DVC DAG as users drive it: `dvc repro` runs prepare -> train -> evaluate, a second repro does
-nothing, and changing one param re-runs only the stages that read it; `dvc metrics diff` shows
-base vs adapter. Runs in a scratch git repo on the tiny random model (seconds per stage)."""
+"""The DVC DAG as users drive it: `dvc repro` runs prepare -> train, evaluate_base -> evaluate, a second
+repro does nothing, and changing one param re-runs only the stages that read it (a training param never
+reruns the base model's evaluation); `dvc metrics diff` shows base vs adapter. Runs in a scratch git repo
+on the tiny random model (seconds per stage)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,8 +29,9 @@ def sh(cmd, cwd, timeout=900):
     return result.stdout + result.stderr
 
 
-def make_dvc_repo(work: Path, model_dir: Path) -> Path:
-    """A scratch git + DVC repo holding the pipeline, with params for the tiny random model."""
+def make_dvc_repo(work: Path, model_dir: Path, **sections) -> Path:
+    """A scratch git + DVC repo holding the pipeline, with params for the tiny random model (and `sections`
+    merged over them)."""
     work.mkdir(parents=True)
     for name in ("stages", "tinyreason", "configs"):
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -35,7 +39,7 @@ def make_dvc_repo(work: Path, model_dir: Path) -> Path:
         shutil.copytree(REPO / "data" / name, work / "data" / name)
     for name in ("dvc.yaml", ".gitignore", "prompts.yaml", "profiles.yaml"):
         shutil.copy(REPO / name, work / name)
-    write_params(work, tiny_run_overrides(model_dir, train={"max_steps": 4}))
+    write_params(work, tiny_run_overrides(model_dir, train={"max_steps": 4}, **sections))
     sh(["git", "init", "-q"], work)
     sh(["git", "config", "user.email", "t@t"], work)
     sh(["git", "config", "user.name", "t"], work)
@@ -45,16 +49,58 @@ def make_dvc_repo(work: Path, model_dir: Path) -> Path:
     return work
 
 
+def stages_run(log: str) -> set[str]:
+    return set(re.findall(r"Running stage '([\w-]+)'", log))
+
+
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory, tiny_model_dir):
-    return make_dvc_repo(tmp_path_factory.mktemp("dvc") / "repo", tiny_model_dir)
+    """After `dvc repro`, sampling (temperature > 0, 2 samples) so that seeds matter."""
+    repo = make_dvc_repo(tmp_path_factory.mktemp("dvc") / "repo", tiny_model_dir,
+                         evaluate={"temperature": 0.8, "samples": 2})
+    assert stages_run(sh(DVC + ["repro"], repo)) == {"check", "prepare", "train", "evaluate_base", "evaluate"}
+    return repo
+
+
+def single_stage_evaluation(repo: Path) -> tuple[dict, dict]:
+    """What the evaluate stage computed before the base model got its own stage (issue 26), in one
+    process: the base model, then the adapter next to it, then the metrics of both."""
+    from tinyreason import evaluation, modeling
+    from tinyreason.config import load_config
+
+    cfg = load_config(repo / "params.yaml")  # the scratch repo's (the test runs there)
+    rows = evaluation.load_test_rows(repo / "data/prepared/test.jsonl")
+    tokenizer = modeling.load_tokenizer(cfg.model)
+    records = {"base": evaluation.predict(modeling.load_base_model(cfg.model), tokenizer, cfg, rows, "base")}
+    adapter = modeling.load_adapter_model(cfg.model, repo / "models/adapter", merge=True)
+    records["adapter"] = evaluation.predict(adapter, tokenizer, cfg, rows, "adapter")
+    samples = {r["benchmark"]: cfg.evaluate.samples_of(r["benchmark"]) for r in rows}
+    return json.loads(json.dumps(evaluation.build_metrics(records, samples))), records
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_stage_evaluation_equals_the_single_stage_one(dvc_repo, monkeypatch):
+    """Issue 26: base answers sampled in evaluate_base are the ones the base model gave next to the
+    adapter (per-call seeds), so metrics.json (paired test included) and predictions/ are today's."""
+    monkeypatch.chdir(dvc_repo)
+    metrics, records = single_stage_evaluation(dvc_repo)
+    assert json.loads((dvc_repo / "metrics.json").read_text()) == metrics
+    assert set(metrics["gsm8k"]) == {"base", "adapter", "adapter_vs_base"}
+    assert read_jsonl(dvc_repo / "predictions/gsm8k.jsonl") == records["base"] + records["adapter"]
+    assert read_jsonl(dvc_repo / "base_eval/predictions/gsm8k.jsonl") == records["base"]
+    base_metrics = json.loads((dvc_repo / "base_eval/metrics.json").read_text())
+    assert base_metrics == {"gsm8k": {"base": metrics["gsm8k"]["base"]}}
+    # sampling is on: a problem's two samples differ somewhere, so equal answers mean equal seeds
+    outputs = {(r["id"], r["sample"]): r["output"] for r in records["base"]}
+    assert any(outputs[i, 0] != outputs[i, 1] for i, _ in outputs)
 
 
 @pytest.mark.slow
 def test_repro_then_noop_then_only_dependent_stages(dvc_repo):
-    out = sh(DVC + ["repro"], dvc_repo)
-    for stage in ("check", "prepare", "train", "evaluate"):
-        assert f"Running stage '{stage}'" in out
     assert (dvc_repo / "metrics.json").is_file()
     assert (dvc_repo / "models/adapter/adapter_model.safetensors").is_file()
 
@@ -67,10 +113,18 @@ def test_repro_then_noop_then_only_dependent_stages(dvc_repo):
 
     sh(["git", "add", "-A"], dvc_repo)
     sh(["git", "commit", "-qm", "baseline"], dvc_repo)
+    # Issue 26: a training param reruns train and evaluate; the base model's answers stay as they are.
+    # (check validates every param; its output does not change, so nothing downstream of it reruns.)
+    trained = sh(DVC + ["exp", "run", "-S", "train.learning_rate=1e-3"], dvc_repo)
+    assert stages_run(trained) == {"check", "train", "evaluate"}
+    assert "Stage 'evaluate_base' didn't change, skipping" in trained
+    # an evaluate param reruns both evaluations, not training
     changed = sh(DVC + ["exp", "run", "-S", "evaluate.max_new_tokens=4"], dvc_repo)
-    assert "Running stage 'evaluate'" in changed
-    # check validates every param (its output does not change), then only evaluate reads this one
-    assert "Running stage 'train'" not in changed and "Running stage 'prepare'" not in changed
+    assert stages_run(changed) == {"check", "evaluate_base", "evaluate"}
+    # back to the committed value: the base model's answers come from DVC's run cache, not the model
+    back = sh(DVC + ["exp", "run", "-S", "evaluate.max_new_tokens=8"], dvc_repo)
+    assert "Stage 'evaluate_base' is cached - skipping run, checking out outputs" in back
+    assert "evaluate_base" not in stages_run(back)
 
     show = sh(DVC + ["plots", "show", "--json"], dvc_repo)
     assert "train/loss.tsv" in show and "eval/loss.tsv" in show
@@ -78,7 +132,7 @@ def test_repro_then_noop_then_only_dependent_stages(dvc_repo):
 
 # A failed run loses nothing. Every output of the pipeline, compared byte for byte.
 OUTPUTS = ("data/prepared", "models/adapter", "metrics/train.json", "metrics/prepare.json", "dvclive",
-           "predictions", "metrics.json", "metrics/evaluate.json")
+           "predictions", "metrics.json", "metrics/evaluate.json", "base_eval", "metrics/evaluate_base.json")
 BAD_INPUTS = [
     (["train.learning_rate=fast"], "train.learning_rate: expected a number"),
     (["prepare.train_path=data/raw/gsm8k/nope.jsonl"], "data/raw/gsm8k/nope.jsonl: data file not found"),

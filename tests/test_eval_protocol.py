@@ -175,8 +175,9 @@ def test_evaluate_stage_records_lengths_truncation_and_per_benchmark_samples(tmp
     proc = run_stage(work, "prepare")
     assert proc.returncode == 0, proc.stderr[-2000:]
     save_fresh_adapter(tiny_model_dir, work / "models" / "adapter")
-    proc = run_stage(work, "evaluate")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    for stage in ("evaluate_base", "evaluate"):
+        proc = run_stage(work, stage)
+        assert proc.returncode == 0, proc.stderr[-2000:]
 
     metrics = json.loads((work / "metrics.json").read_text())
     for bench, k in (("gsm8k", 1), ("aime24", 3)):
@@ -192,3 +193,10 @@ def test_evaluate_stage_records_lengths_truncation_and_per_benchmark_samples(tmp
             m = metrics[bench][label]
             assert m["truncated_rate"] == 1.0 and m["mean_output_tokens"] == cap
             assert ("mean_at_3" in m) == (k == 3) and ("pass_at_3" in m) == (k == 3)
+        # Issue 26: the fresh adapter (B = 0) is the base model, and evaluate samples it in its own process
+        # after evaluate_base sampled the base model in another: the same seeds give the same answers.
+        answers = {label: {(p["id"], p["sample"]): p["output"] for p in preds if p["model"] == label}
+                   for label in ("base", "adapter")}
+        assert answers["base"] == answers["adapter"], bench
+    aime = answers["base"]  # the last benchmark's, aime24: its 3 samples really differ
+    assert any(len({aime[pid, s] for s in range(3)}) > 1 for pid, _ in aime)

@@ -21,7 +21,7 @@ NOISE = ("Converting and de-quantizing GGUF tensors", "Could not find a config f
 def test_cpu_profile_shows_a_significant_adapter_vs_base_difference(tmp_path):
     work = make_workdir(tmp_path)
     write_params(work, {"profile": "cpu"})
-    for stage in ("check", "prepare", "train", "evaluate"):
+    for stage in ("check", "prepare", "train", "evaluate_base", "evaluate"):
         proc = run_stage(work, stage)
         assert proc.returncode == 0, f"{stage}: {proc.stderr[-3000:]}"
         for noise in NOISE:

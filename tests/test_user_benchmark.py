@@ -119,8 +119,9 @@ def test_prepare_and_evaluate_label_results_with_the_users_name(tmp_path, tiny_m
                                                                        ("mult", "42", "final_answer")]
     assert ROWS[0]["q"] in mine[0]["prompt"]
     save_fresh_adapter(tiny_model_dir, work / "models" / "adapter")
-    proc = run_stage(work, "evaluate")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    for stage in ("evaluate_base", "evaluate"):
+        proc = run_stage(work, stage)
+        assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((work / "metrics.json").read_text())
     assert sorted(metrics) == ["gsm8k", "mytest"]
     assert metrics["mytest"]["adapter"]["n"] == 2 and metrics["mytest"]["base"]["n"] == 2

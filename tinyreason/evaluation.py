@@ -5,20 +5,32 @@ format, the share of outputs cut at evaluate.max_new_tokens and the mean output 
 pass@k when the benchmark samples k > 1 (evaluate.benchmarks.<name>.samples, else
 evaluate.samples), and for adapter vs base on the same problems the difference with its 95%
 interval and an exact McNemar p-value.
+
+The base model is scored by its own stage (evaluate_base -> paths.BASE_EVAL), whose inputs are nothing
+from training, so DVC skips it (or restores it from its run cache) in an experiment that changes only
+training; the evaluate stage scores the adapter and pairs it with those base answers.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
-from tinyreason import grading, paths, stats
-from tinyreason.config import RunConfig
+from tinyreason import grading, paths, sources, stats
+from tinyreason.config import RunConfig, config_to_dict
 from tinyreason.errors import TinyReasonError
 from tinyreason.generation import GenerationSettings, generate_completions
+from tinyreason.outputs import atomic_directory, atomic_write_json, atomic_write_jsonl
+
+# evaluate.* params that do not change the base model's answers. Every other one does: the evaluate_base
+# stage lists them under its params in dvc.yaml (tests/test_dvc_deps.py checks) and in inputs.json.
+NOT_BASE_INPUTS = ("adapter",)
 
 
 def generation_settings(cfg: RunConfig, sample_index: int) -> GenerationSettings:
@@ -26,6 +38,23 @@ def generation_settings(cfg: RunConfig, sample_index: int) -> GenerationSettings
     # Each sample gets its own seed, derived from the run seed, so k samples differ but reproduce.
     return GenerationSettings(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
                               seed=cfg.seed + sample_index)
+
+
+def load_test_rows(path: Path) -> list[dict]:
+    """The prepared test problems (data/prepared/test.jsonl: rendered prompts of every benchmark)."""
+    if not path.is_file():
+        raise TinyReasonError(f"{path}: not found (fix: run the prepare stage, `dvc repro prepare`)")
+    return sources.read_jsonl(path, "rerun the prepare stage, `dvc repro prepare`")
+
+
+def score_model(model, tokenizer, cfg: RunConfig, rows: list[dict], label: str, source: Path) -> list[dict]:
+    """predict() after the context check, then free the model's memory (pass the model straight from the
+    loader: this function then holds its last reference)."""
+    check_fits_context(model, tokenizer, cfg, rows, source)
+    records = predict(model, tokenizer, cfg, rows, label)
+    del model
+    release_memory()
+    return records
 
 
 def predict(model, tokenizer, cfg: RunConfig, rows: list[dict], label: str) -> list[dict]:
@@ -102,8 +131,51 @@ def build_metrics(records_by_model: dict[str, list[dict]], samples: int | Mappin
     return metrics
 
 
-def free_model(model) -> None:
-    del model
+def base_inputs(cfg: RunConfig, test_path: Path) -> dict:
+    """What the base model's answers depend on, as plain data keyed like params.yaml."""
+    evaluate = {k: v for k, v in config_to_dict(cfg.evaluate).items() if k not in NOT_BASE_INPUTS}
+    return json.loads(json.dumps({"seed": cfg.seed, "model": config_to_dict(cfg.model), "evaluate": evaluate,
+                                  str(test_path): hashlib.sha256(test_path.read_bytes()).hexdigest()}))
+
+
+def save_base_results(records: list[dict], cfg: RunConfig, test_path: Path) -> dict:
+    """Write paths.BASE_EVAL in one rename; returns its per-benchmark metrics ({} when nothing was scored)."""
+    samples = {r["benchmark"]: cfg.evaluate.samples_of(r["benchmark"]) for r in records}
+    metrics = build_metrics({"base": records}, samples) if records else {}
+    with atomic_directory(paths.BASE_EVAL) as tmp:
+        atomic_write_json(tmp / paths.BASE_EVAL_INPUTS.name, base_inputs(cfg, test_path))
+        atomic_write_json(tmp / paths.BASE_EVAL_METRICS.name, metrics)
+        for bench in metrics:
+            atomic_write_jsonl(tmp / paths.BASE_EVAL_PREDICTIONS.name / f"{bench}.jsonl",
+                               [r for r in records if r["benchmark"] == bench])
+    return metrics
+
+
+def _first_difference(saved, now, key: str = ""):
+    """(dotted key, saved value, current value) of the first place two plain-data trees differ."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        for name in sorted(set(saved) | set(now)):
+            if saved.get(name) != now.get(name):
+                return _first_difference(saved.get(name), now.get(name), f"{key}.{name}" if key else name)
+    return key, saved, now
+
+
+def load_base_records(cfg: RunConfig, test_path: Path) -> list[dict]:
+    """The base model's prediction records from paths.BASE_EVAL, refused when they were computed from
+    other inputs than the current params and test file (a stage run by hand out of order)."""
+    inputs = paths.BASE_EVAL_INPUTS
+    fix = "(fix: run the evaluate_base stage first: `dvc repro`, or `python stages/evaluate_base.py`)"
+    if not inputs.is_file():
+        raise TinyReasonError(f"{inputs}: not found {fix}")
+    key, saved, now = _first_difference(json.loads(inputs.read_text()), base_inputs(cfg, test_path))
+    if key:
+        raise TinyReasonError(f"{inputs}: the base model's answers were computed with {key} = {saved!r}, "
+                              f"now {now!r} {fix}")
+    return [row for path in sorted(paths.BASE_EVAL_PREDICTIONS.glob("*.jsonl"))
+            for row in sources.read_jsonl(path, "rerun the evaluate_base stage, `dvc repro`")]
+
+
+def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -171,7 +171,8 @@ def _metrics_section(metrics: dict | None, cfg: RunConfig) -> list[str]:
 
 def _cost_section(root: Path) -> list[str]:
     rows = []
-    for stage, path in (("train", paths.TRAIN_METRICS), ("evaluate", paths.EVALUATE_METRICS)):
+    for stage, path in (("train", paths.TRAIN_METRICS), ("evaluate_base", paths.EVALUATE_BASE_METRICS),
+                        ("evaluate", paths.EVALUATE_METRICS)):
         cost = (_read_json(root / path) or {}).get("cost")
         if cost:
             rows.append(f"| {stage} | {cost.get('device')} x {cost.get('num_gpus')} | {cost.get('wall_seconds')} "

@@ -16,6 +16,11 @@ EXPORT = Path("models/export")
 CHECKPOINTS = Path("checkpoints")
 PREDICTIONS = Path("predictions")
 METRICS = Path("metrics.json")  # evaluate: accuracy per benchmark
-PREPARE_METRICS, TRAIN_METRICS, EVALUATE_METRICS = (Path("metrics") / f"{stage}.json"
-                                                    for stage in ("prepare", "train", "evaluate"))
+PREPARE_METRICS, TRAIN_METRICS, EVALUATE_BASE_METRICS, EVALUATE_METRICS = (
+    Path("metrics") / f"{stage}.json" for stage in ("prepare", "train", "evaluate_base", "evaluate"))
+# evaluate_base: the base model's answers (predictions/<benchmark>.jsonl), its metrics per benchmark and
+# the inputs those answers were computed from
+BASE_EVAL = Path("base_eval")
+BASE_EVAL_PREDICTIONS, BASE_EVAL_METRICS, BASE_EVAL_INPUTS = (
+    BASE_EVAL / name for name in ("predictions", "metrics.json", "inputs.json"))
 TRAIN_LIVE, EVAL_LIVE = Path("dvclive/train"), Path("dvclive/eval")
