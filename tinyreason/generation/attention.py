@@ -68,12 +68,19 @@ class TorchAttention:
     def __init__(self, scale: float, n_heads: int, n_kv: int):
         self.scale, self.n_heads, self.n_kv = scale, n_heads, n_kv
 
-    def prefill(self, q, k, v, cos, sin, k_cache, v_cache, b: PrefillBatch) -> torch.Tensor:
+    @staticmethod
+    def prefill_inputs(q, k, v, cos, sin, k_cache, v_cache, b: PrefillBatch):
+        """RoPE, the new K/V into the cache, and the keys/values to attend over: the new ones, or
+        every context token's from the cache when some requests have cached tokens."""
         q, k = rope(q, k, cos, sin)
         store_kv(k_cache, k, b.block, b.offset)
         store_kv(v_cache, v, b.block, b.offset)
         if b.ctx_block is not None:
             k, v = gather_kv(k_cache, b.ctx_block, b.ctx_offset), gather_kv(v_cache, b.ctx_block, b.ctx_offset)
+        return q, k, v
+
+    def prefill(self, q, k, v, cos, sin, k_cache, v_cache, b: PrefillBatch) -> torch.Tensor:
+        q, k, v = self.prefill_inputs(q, k, v, cos, sin, k_cache, v_cache, b)
         outs = []
         cq, ck = b.cu_q.tolist(), b.cu_k.tolist()
         for i in range(len(cq) - 1):
@@ -100,11 +107,7 @@ class TorchAttention:
 
 class CudaAttention(TorchAttention):
     def prefill(self, q, k, v, cos, sin, k_cache, v_cache, b: PrefillBatch) -> torch.Tensor:
-        q, k = rope(q, k, cos, sin)
-        store_kv(k_cache, k, b.block, b.offset)
-        store_kv(v_cache, v, b.block, b.offset)
-        if b.ctx_block is not None:
-            k, v = gather_kv(k_cache, b.ctx_block, b.ctx_offset), gather_kv(v_cache, b.ctx_block, b.ctx_offset)
+        q, k, v = self.prefill_inputs(q, k, v, cos, sin, k_cache, v_cache, b)
         # FlashAttention aligns the causal mask to the end when there are fewer queries than keys
         return torch.ops.aten._flash_attention_forward(q, k, v.contiguous(), b.cu_q, b.cu_k, b.max_q, b.max_k,
                                                        0.0, True, False, scale=self.scale)[0]
