@@ -291,7 +291,7 @@ def test_grpo_trains_on_two_gloo_processes(tmp_path, tiny_model_dir):
         "eval_steps": 2, "save_steps": 2, "warmup_steps": 0, "max_length": 256,
         "grpo": {"train_path": str(problems), "num_generations": 2, "max_completion_length": 8,
                  "max_prompt_length": 128, "rollout": "trl", "beta": 0.0, "temperature": 1.0,
-                 "reward_funcs": ["format"], "reward_weights": [1.0]}}))
+                 "reward_funcs": ["format"], "reward_weights": [1.0], "held_out": 0}}))
     cmd = distributed.launch_command(2, "stages/train.py", port=31500 + os.getpid() % 2000)
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
