@@ -14,7 +14,8 @@ from tinyreason.training import GIB
 @pytest.fixture(scope="module")
 def shape(qwen25_15b_dims) -> dict:
     """Qwen2.5-1.5B / DeepSeek-R1-Distill-Qwen-1.5B: the model shape and its K/V layout."""
-    return dict(dims=qwen25_15b_dims, kv_heads=2, head_dim=128)
+    assert (qwen25_15b_dims.kv_heads, qwen25_15b_dims.head_dim) == (2, 128)
+    return dict(dims=qwen25_15b_dims)
 
 
 def open_rs2(**train):

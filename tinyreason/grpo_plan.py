@@ -39,29 +39,28 @@ class GrpoPlan:
         return asdict(self)
 
 
-def engine_bytes(dims: ModelDims, kv_heads: int, head_dim: int, completions: int, seq_len: int) -> int:
+def engine_bytes(dims: ModelDims, completions: int, seq_len: int) -> int:
     """The rollout engine's share: KV for every completion at full length, the merged projections
     (rollout.MergedShadow), and 1 GiB for decode activations and CUDA-graph pools."""
-    kv = completions * seq_len * dims.layers * 2 * kv_heads * head_dim * KV_DTYPE_BYTES
+    kv = completions * seq_len * dims.layers * 2 * dims.kv_heads * dims.head_dim * KV_DTYPE_BYTES
     merged = 2 * (dims.n_params - 2 * dims.embed_params)  # every projection of the layers
     return int(kv + max(merged, 0) + GIB)
 
 
-def plan_grpo(cfg: RunConfig, *, cuda: bool, free_bytes: int | None = None, dims: ModelDims | None = None,
-              kv_heads: int | None = None, head_dim: int | None = None) -> GrpoPlan:
+def plan_grpo(cfg: RunConfig, *, cuda: bool, free_bytes: int | None = None, dims: ModelDims | None = None) -> GrpoPlan:
     """Pure: everything it depends on is an argument (see the module docstring)."""
     t, g = cfg.train, cfg.train.grpo
     rollout_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
     configured = GrpoPlan(t.per_device_train_batch_size, t.gradient_accumulation_steps, t.gradient_checkpointing)
     if t.speed == "faithful":
         return GrpoPlan(**{**configured.to_dict(), "reason": "train.speed=faithful: as configured"})
-    if not cuda or free_bytes is None or dims is None or not kv_heads or not head_dim:
+    if not cuda or free_bytes is None or dims is None or not dims.kv_heads or not dims.head_dim:
         return GrpoPlan(**{**configured.to_dict(), "reason": "no GPU memory estimate: as configured"})
     if g.loss_type not in _SPLIT_INVARIANT_LOSSES:
         return GrpoPlan(**{**configured.to_dict(),
                            "reason": f"loss_type {g.loss_type} normalises per micro-batch: as configured"})
     seq_len = g.max_prompt_length + g.max_completion_length
-    fixed = engine_bytes(dims, kv_heads, head_dim, rollout_batch, seq_len)
+    fixed = engine_bytes(dims, rollout_batch, seq_len)
     budget = 0.85 * free_bytes
     for ckpt in (False, True):
         for micro in (d for d in range(rollout_batch, 0, -1) if rollout_batch % d == 0):
@@ -79,17 +78,8 @@ def make_grpo_plan(cfg: RunConfig) -> GrpoPlan:
     """`plan_grpo` with this machine's facts: CUDA, free GPU memory, the model's shape."""
     import torch
 
-    from tinyreason import modeling
-
     cuda = torch.cuda.is_available()
     if not cuda or cfg.train.speed == "faithful":
         return plan_grpo(cfg, cuda=cuda)
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(modeling.resolve_model_location(cfg.model),
-                                        **modeling._common_kwargs(cfg.model)).get_text_config()
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     free, _ = torch.cuda.mem_get_info()
-    return plan_grpo(cfg, cuda=True, free_bytes=free, dims=model_dims(cfg.model),
-                     kv_heads=getattr(config, "num_key_value_heads", None) or heads, head_dim=head_dim)
+    return plan_grpo(cfg, cuda=True, free_bytes=free, dims=model_dims(cfg.model))

@@ -189,6 +189,8 @@ class ModelDims:
     intermediate: int
     layers: int
     vocab: int
+    kv_heads: int = 0   # the K/V cache's shape (GRPO's rollout engine); 0: unknown
+    head_dim: int = 0
 
 
 def model_dims(model_cfg) -> ModelDims | None:
@@ -208,7 +210,9 @@ def model_dims(model_cfg) -> ModelDims | None:
         embed = model.get_input_embeddings().weight.numel()
         return ModelDims(n_params=n_params, embed_params=embed, hidden=text.hidden_size,
                          intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size),
-                         layers=text.num_hidden_layers, vocab=text.vocab_size)
+                         layers=text.num_hidden_layers, vocab=text.vocab_size,
+                         kv_heads=getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
+                         head_dim=getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
     except Exception as exc:  # an estimate only: planning falls back to the safe choice
         log.warning("speed plan: cannot read the model's shape (%s); assuming it is large", exc)
         return None
